@@ -1,0 +1,1 @@
+"""Pure tensor math and the name registry every family of functions uses."""

@@ -1,0 +1,1 @@
+"""Evaluation: sampling a model on a task and scoring it (pass@k, maj@k)."""

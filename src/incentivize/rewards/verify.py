@@ -1,0 +1,167 @@
+"""Decide whether a predicted answer equals the gold one.
+
+Numbers (the common case, and the one on the training hot path) are compared exactly
+with :class:`fractions.Fraction`, without touching SymPy. Everything else goes to
+math-verify, which parses LaTeX and plain expressions into SymPy and compares them.
+
+Time limit. SymPy can take unbounded time on adversarial input, and math-verify's own
+timeout uses ``signal.alarm``: whole seconds, per expression rather than per call, and
+an error outside the main thread. So we switch it off and bound the whole comparison
+ourselves, in one of two ways:
+
+* In the main thread (when no other real-time timer is armed) a ``SIGALRM`` from
+  ``signal.setitimer`` interrupts the work after ``timeout_s``; the work really stops.
+* Elsewhere (worker threads, or an outer timer already armed) the work runs in a
+  daemon thread that we wait on for ``timeout_s``. The caller gets False on time, but a
+  runaway computation cannot be killed: it keeps its thread (and a share of the GIL)
+  until it finishes on its own, and dies with the process at the latest.
+
+Both bounds rely on the interpreter getting control back: a single C-level SymPy call
+that never returns to Python delays the signal until it does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+from collections.abc import Callable
+from fractions import Fraction
+
+from incentivize.rewards.extract import normalize_number
+
+__all__ = ["answers_match"]
+
+_SIMPLE_FRACTION = re.compile(r"\s*(?P<num>[-+]?\d+)\s*/\s*(?P<den>\d+)\s*")
+_LATEX_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed")
+
+
+class _Deadline(BaseException):
+    """Raised by our SIGALRM handler. A BaseException so math-verify's ``except Exception`` lets it through."""
+
+
+class _QuietTimeoutWarning(logging.Filter):
+    """Drop math-verify's 'Timeout is disabled' warning: we enforce the time limit ourselves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+_math_verify_ready = False
+
+
+def _import_math_verify() -> None:
+    """Import math-verify (and SymPy) once, outside any time limit, and silence its timeout warning."""
+    global _math_verify_ready
+    if _math_verify_ready:
+        return
+    import math_verify  # noqa: F401  (import cost must not count against the first deadline)
+
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_QuietTimeoutWarning())
+    _math_verify_ready = True
+
+
+def _as_fraction(s: str) -> Fraction | None:
+    """``s`` as an exact rational if it is a plain number or an integer fraction ``p/q``."""
+    number = normalize_number(s)
+    if number is not None:
+        return Fraction(number)
+    match = _SIMPLE_FRACTION.fullmatch(s)
+    if match and int(match["den"]) != 0:
+        return Fraction(int(match["num"]), int(match["den"]))
+    return None
+
+
+def _as_latex(s: str) -> str:
+    """Wrap bare expressions in ``$...$``: math-verify only reads LaTeX inside delimiters."""
+    s = s.strip()
+    return s if _LATEX_DELIMITED.search(s) else f"${s}$"
+
+
+def _symbolic_match(predicted: str, gold: str) -> bool:
+    """math-verify's verdict, with its own (signal-based) timeouts off."""
+    from math_verify import parse, verify
+
+    gold_parsed = parse(_as_latex(gold), parsing_timeout=None)  # type: ignore[arg-type]
+    predicted_parsed = parse(_as_latex(predicted), parsing_timeout=None)  # type: ignore[arg-type]
+    if not gold_parsed or not predicted_parsed:
+        return False
+    return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=None))
+
+
+def _can_use_alarm() -> bool:
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        return False
+    # Someone else's alarm is armed, or a handler we could not restore is set: leave them alone.
+    return signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is not None
+
+
+def _raise_deadline(signum: int, frame: object) -> None:
+    raise _Deadline
+
+
+def _within_alarm(work: Callable[[], bool], timeout_s: float) -> bool:
+    """Run ``work`` in this (main) thread, interrupted by SIGALRM after ``timeout_s``."""
+    previous_handler = signal.signal(signal.SIGALRM, _raise_deadline)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout_s)
+            try:
+                return work()
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _Deadline:
+            return False
+    finally:
+        signal.signal(signal.SIGALRM, previous_handler)
+
+
+def _within_thread(work: Callable[[], bool], timeout_s: float) -> bool:
+    """Run ``work`` in a daemon thread and stop waiting for it after ``timeout_s``."""
+    result: list[bool] = []
+
+    def target() -> None:
+        try:
+            result.append(work())
+        except Exception:
+            result.append(False)
+
+    worker = threading.Thread(target=target, name="incentivize-verify", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return bool(result and result[0])
+
+
+def answers_match(predicted: str | None, gold: str, *, timeout_s: float = 5.0) -> bool:
+    """Whether ``predicted`` denotes the same value as ``gold``; never raises on any answer.
+
+    Gives False after ``timeout_s`` seconds of symbolic comparison (see the module docstring).
+
+    >>> answers_match("1/2", "0.5"), answers_match("1,234.00", "1234")
+    (True, True)
+    >>> answers_match("\\\\frac{1}{2}", "0.5"), answers_match("3", "4"), answers_match(None, "4")
+    (True, False, False)
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    if predicted is None or not predicted.strip() or not gold.strip():
+        return False
+    predicted_number, gold_number = _as_fraction(predicted), _as_fraction(gold)
+    if predicted_number is not None and gold_number is not None:
+        return predicted_number == gold_number
+
+    def work() -> bool:
+        try:
+            return _symbolic_match(predicted, gold)
+        except Exception:
+            return False
+
+    try:
+        _import_math_verify()
+    except Exception:
+        return False
+    if _can_use_alarm():
+        return _within_alarm(work, timeout_s)
+    return _within_thread(work, timeout_s)

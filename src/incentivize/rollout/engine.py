@@ -1,0 +1,202 @@
+"""Batched sampling with a KV cache, returning what an RL learner needs.
+
+`generate` takes prompts as token ids, samples `n` completions per prompt (a prompt's samples stay
+contiguous: rows `i*n .. i*n+n-1` belong to prompt `i`), and returns a `Rollouts` record with the
+completion ids, the log-probability of every sampled token, a completion mask and finish reasons.
+
+Log-probabilities are those of the policy at the sampling temperature, `log_softmax(logits / T)`
+(T = 1 for greedy decoding). top-k and top-p only restrict which tokens may be drawn; they are not
+folded into the returned log-probabilities, so a learner's forward pass with `logits / T` reproduces
+them exactly (the convention of TRL and verl). With top-k and top-p off (the RL default) the two
+distributions are the same.
+
+The mask covers every generated token up to and including the one that ended the sequence (the EOS
+token or the token that completed a stop string), so the stop token gets a gradient; padding after
+it has mask 0.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, Field
+
+from incentivize.errors import IncentivizeError
+
+
+class SamplingParams(BaseModel):
+    """How to sample. `temperature=0` means greedy decoding."""
+
+    model_config = {"extra": "forbid"}
+
+    n: int = Field(1, ge=1, description="completions per prompt, kept contiguous")
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    max_new_tokens: int = Field(256, ge=1)
+    stop: list[str] = Field(default_factory=list, description="stop strings; kept in the completion")
+    seed: int = 0
+
+
+@dataclass
+class Rollouts:
+    """A batch of B = len(prompts) * n sampled completions.
+
+    prompt_ids:      (B, P) long, left-padded with the pad id
+    prompt_mask:     (B, P) long, 1 on real prompt tokens
+    completion_ids:  (B, T) long, right-padded with the pad id
+    completion_mask: (B, T) long, 1 on generated tokens up to and including the EOS / stop token
+    logprobs:        (B, T) float32, log pi(token) at the sampling temperature; 0 where masked
+    prompt_index:    (B,)   long, which input prompt each row came from
+    finish_reasons:  B strings: "eos", "stop" (a stop string) or "length"
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    logprobs: torch.Tensor
+    prompt_index: torch.Tensor
+    finish_reasons: list[str]
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(dim=1)  # (B,)
+
+    def completion_token_lists(self) -> list[list[int]]:
+        lengths = self.completion_lengths.tolist()
+        return [row[:n] for row, n in zip(self.completion_ids.tolist(), lengths)]
+
+
+def generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    *,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    decode: Callable[[list[int]], str] | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> Rollouts:
+    """Sample `params.n` completions for each prompt in one batch.
+
+    `decode` turns token ids into text; it is needed only when `params.stop` is not empty.
+    `on_token(k)` is called after each decoding step with the number of sequences still running.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise IncentivizeError("generate() needs at least one prompt and no empty prompt")
+    if params.stop and decode is None:
+        raise IncentivizeError("stop strings need a decode function (pass decode=tokenizer.decode)")
+    device = next(model.parameters()).device
+    rows = [list(p) for p in prompts for _ in range(params.n)]
+    batch = len(rows)
+    prompt_ids, prompt_mask = _left_pad(rows, pad_token_id, device)
+    generator = torch.Generator(device=device).manual_seed(params.seed)
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
+
+    tokens = torch.full((batch, params.max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((batch, params.max_new_tokens), dtype=torch.float32, device=device)
+    mask = torch.zeros((batch, params.max_new_tokens), dtype=torch.long, device=device)
+    running = torch.ones(batch, dtype=torch.bool, device=device)
+    reasons = ["length"] * batch
+    max_stop_tokens = max((len(s) for s in params.stop), default=0) + 4
+
+    attention = prompt_mask
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    cache = None
+    cache_arg = _cache_argument(model)
+    step_input = prompt_ids
+    with torch.inference_mode():
+        for t in range(params.max_new_tokens):
+            out = model(
+                input_ids=step_input,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_arg: cache},
+            )
+            cache = out[cache_arg]
+            next_tokens, next_logprobs = _sample(out.logits[:, -1, :].float(), params, generator)
+            next_tokens = torch.where(running, next_tokens, pad_token_id)
+            tokens[:, t] = next_tokens
+            logprobs[:, t] = torch.where(running, next_logprobs, 0.0)
+            mask[:, t] = running.long()
+
+            hit_eos = running & torch.isin(next_tokens, eos)
+            for i in hit_eos.nonzero().flatten().tolist():
+                reasons[i] = "eos"
+            running &= ~hit_eos
+            if params.stop:
+                assert decode is not None
+                for i in running.nonzero().flatten().tolist():
+                    tail = decode(tokens[i, max(0, t + 1 - max_stop_tokens) : t + 1].tolist())
+                    if any(s in tail for s in params.stop):
+                        reasons[i] = "stop"
+                        running[i] = False
+            if on_token is not None:
+                on_token(int(running.sum()))
+            if not running.any():
+                break
+            step_input = next_tokens[:, None]
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+
+    width = int(mask.sum(dim=1).max())
+    return Rollouts(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=tokens[:, :width].clone(),
+        completion_mask=mask[:, :width].clone(),
+        logprobs=logprobs[:, :width].clone(),
+        prompt_index=torch.arange(len(prompts), device=device).repeat_interleave(params.n),
+        finish_reasons=reasons,
+    )
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """transformers 5 renamed `past_key_values` to `cache`; accept both generations."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _sample(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row from `logits` (B, V); return it and its log-probability."""
+    if params.temperature == 0.0:
+        chosen = logits.argmax(dim=-1)
+        return chosen, torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1)
+    scaled = logits / params.temperature
+    logp = torch.log_softmax(scaled, dim=-1)  # (B, V)
+    allowed = scaled
+    if params.top_k > 0 and params.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, params.top_k, dim=-1).values[:, -1:]
+        allowed = allowed.masked_fill(allowed < kth, float("-inf"))
+    if params.top_p < 1.0:
+        allowed = _top_p_filter(allowed, params.top_p)
+    probs = torch.softmax(allowed, dim=-1)
+    chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return chosen, logp.gather(1, chosen[:, None]).squeeze(1)
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability mass reaches `top_p` (at least one)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))

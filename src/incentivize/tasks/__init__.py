@@ -1,0 +1,35 @@
+"""Tasks: problems with verifiable answers. `load_task(name, **options)` builds one by name."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from incentivize.algorithms.registry import Registry
+from incentivize.errors import IncentivizeError
+from incentivize.tasks.arithmetic import Arithmetic
+from incentivize.tasks.base import Example, Task, Verdict, render_prompt
+from incentivize.tasks.gsm8k import GSM8K
+from incentivize.tasks.jsonl import JsonlTask
+
+TASKS: Registry[type[Task]] = Registry("task")
+TASKS.add("arithmetic", Arithmetic)
+TASKS.add("gsm8k", GSM8K)
+TASKS.add("jsonl", JsonlTask)
+
+
+def load_task(name: str, **options: Any) -> Task:
+    """Build task `name`; options it does not take are an error unless they are None."""
+    cls = TASKS.get(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise IncentivizeError(
+            f"task {name!r} does not take option(s) {', '.join(unknown)} "
+            f"(it takes: {', '.join(p for p in accepted if p != 'self') or 'none'})"
+        )
+    return cls(**given)
+
+
+__all__ = ["TASKS", "Example", "Task", "Verdict", "load_task", "render_prompt"]

@@ -1,0 +1,158 @@
+"""Synthetic arithmetic with step-checkable reference solutions.
+
+A problem is a chain of `num_ops` operations (+, -, *) applied left to right to numbers of `digits`
+digits, written with the parentheses that make that order explicit: `(14 + 7) * 3`. The reference
+solution has one checkable step per line (`14 + 7 = 21`, `21 * 3 = 63`), which is what the process
+reward model of a later stage checks step by step. With `word_problems` the same chain is told as a
+short story.
+
+Problems are generated from `seed` and an index, so they are the same on every machine. The train
+and test splits are disjoint by construction: a problem belongs to the split given by a hash of its
+expression, and each split drops repeated expressions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+
+from incentivize.tasks.base import Example, Task
+
+OPS = "+-*"
+TEST_SHARE = 0.2  # share of the problem space that belongs to the test split
+STEP = re.compile(r"^\s*(-?\d+)\s*([-+*x×])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+
+# Chosen by measuring SmolLM2-135M-Instruct greedy accuracy on 48 test problems per variant: an
+# instruction that shows a worked example (`12 * 3 = 36`) gets the example copied back verbatim, and
+# "Answer: <number>" after "step by step" is mostly ignored; this wording got the highest accuracy.
+INSTRUCTION = 'Write each calculation on its own line. The last line must be "Answer: <result>".'
+
+_NAMES = ["Ava", "Ben", "Chloe", "Dev", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jack"]
+_THINGS = ["apples", "marbles", "stickers", "coins", "books", "shells", "cards", "pencils"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    numbers: tuple[int, ...]
+    ops: tuple[str, ...]
+
+    def expression(self) -> str:
+        text = str(self.numbers[0])
+        for i, (op, number) in enumerate(zip(self.ops, self.numbers[1:])):
+            # parenthesise the running result when the next operator binds tighter than the last
+            if op == "*" and i > 0 and self.ops[i - 1] in "+-":
+                text = f"({text})"
+            text = f"{text} {op} {number}"
+        return text
+
+    def steps(self) -> list[tuple[int, str, int, int]]:
+        value = self.numbers[0]
+        out = []
+        for op, number in zip(self.ops, self.numbers[1:]):
+            result = apply(value, op, number)
+            out.append((value, op, number, result))
+            value = result
+        return out
+
+    def answer(self) -> int:
+        return self.steps()[-1][3]
+
+    def solution(self) -> str:
+        lines = [f"{a} {op} {b} = {c}" for a, op, b, c in self.steps()]
+        return "\n".join(lines + [f"Answer: {self.answer()}"])
+
+
+def apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def check_step(line: str) -> bool | None:
+    """True/False if `line` is an arithmetic step `a op b = c` that is right/wrong, else None.
+
+    >>> check_step("12 * 3 = 36"), check_step("12 * 3 = 35"), check_step("so the total is")
+    (True, False, None)
+    """
+    match = STEP.match(line.replace("×", "*").replace(" x ", " * "))
+    if match is None:
+        return None
+    a, op, b, c = match.groups()
+    op = "*" if op in "x×" else op
+    return apply(int(a), op, int(b)) == int(c)
+
+
+class Arithmetic(Task):
+    """Seeded arithmetic chains; knobs: `num_ops`, `digits`, `word_problems`."""
+
+    name = "arithmetic"
+
+    def __init__(self, num_ops: int = 2, digits: int = 1, word_problems: bool = False, seed: int = 0) -> None:
+        if num_ops < 1 or digits < 1:
+            raise ValueError("num_ops and digits must be at least 1")
+        self.num_ops, self.digits, self.word_problems, self.seed = num_ops, digits, word_problems, seed
+
+    def problem(self, index: int) -> Problem:
+        rng = random.Random(f"arithmetic:{self.seed}:{self.num_ops}:{self.digits}:{index}")
+        low, high = (2 if self.digits == 1 else 10 ** (self.digits - 1)), 10**self.digits - 1
+        value = rng.randint(low, high)
+        numbers, ops = [value], []
+        for _ in range(self.num_ops):
+            op = rng.choice(OPS)
+            number = rng.randint(2, 9) if op == "*" else rng.randint(low, high)
+            if op == "-" and number > value:  # keep every intermediate result non-negative
+                op = "+"
+            numbers.append(number)
+            ops.append(op)
+            value = apply(value, op, number)
+        return Problem(tuple(numbers), tuple(ops))
+
+    def examples(self, split: str = "test", limit: int | None = None) -> list[Example]:
+        if split not in ("train", "test"):
+            raise ValueError(f"arithmetic has splits 'train' and 'test', not {split!r}")
+        wanted = limit if limit is not None else (1000 if split == "test" else 10000)
+        seen: set[str] = set()
+        out: list[Example] = []
+        index = 0
+        while len(out) < wanted and index < 100 * wanted + 1000:
+            problem = self.problem(index)
+            index += 1
+            expression = problem.expression()
+            if expression in seen or split_of(expression) != split:
+                continue
+            seen.add(expression)
+            out.append(
+                Example(
+                    id=f"arithmetic-{split}-{len(out)}",
+                    question=self._question(problem, index),
+                    answer=str(problem.answer()),
+                    solution=problem.solution(),
+                    columns={"expression": expression},
+                )
+            )
+        return out
+
+    def user_message(self, example: Example) -> str:
+        return f"{example.question} {INSTRUCTION}"
+
+    def _question(self, problem: Problem, index: int) -> str:
+        if not self.word_problems:
+            return f"Calculate {problem.expression()}."
+        rng = random.Random(f"words:{self.seed}:{index}")
+        name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+        parts = [f"{name} has {problem.numbers[0]} {thing}."]
+        for op, number in zip(problem.ops, problem.numbers[1:]):
+            parts.append(
+                f"Then {name} gets {number} more."
+                if op == "+"
+                else f"Then {name} gives away {number}."
+                if op == "-"
+                else f"Then the number of {thing} becomes {number} times as many."
+            )
+        parts.append(f"How many {thing} does {name} have now?")
+        return " ".join(parts)
+
+
+def split_of(expression: str) -> str:
+    bucket = int(hashlib.sha256(expression.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if bucket < TEST_SHARE else "train"

@@ -1,0 +1,64 @@
+"""What a task is: its examples, how a prompt is rendered, and how an answer is checked."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from incentivize.rewards.extract import extract_answer
+from incentivize.rewards.verify import answers_match
+
+ANSWER_INSTRUCTION = "Give the final answer on the last line as `Answer: <number>`."
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem. `answer` is the gold final answer; `columns` go to user reward functions."""
+
+    id: str
+    question: str
+    answer: str
+    solution: str | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    extracted: str | None
+    correct: bool
+
+
+class Task(ABC):
+    """A source of problems with a verifiable answer."""
+
+    name: str = "task"
+    system_prompt: str | None = None
+
+    @abstractmethod
+    def examples(self, split: str = "test", limit: int | None = None) -> list[Example]:
+        """The first `limit` examples of `split`, in a deterministic order."""
+
+    @abstractmethod
+    def user_message(self, example: Example) -> str:
+        """The text of the user turn for `example`."""
+
+    def messages(self, example: Example) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, {"role": "user", "content": self.user_message(example)}]
+
+    def verify(self, example: Example, completion: str) -> Verdict:
+        """Extract the final answer from `completion` and compare it with the gold answer."""
+        extracted = extract_answer(completion)
+        return Verdict(extracted, extracted is not None and answers_match(extracted, example.answer))
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the prompt, through the tokenizer's chat template when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+    text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])

@@ -1,0 +1,42 @@
+"""Reading users' data files with errors that name the file, the line and the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from incentivize.errors import IncentivizeError
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a JSONL file as `(line_number, object)`; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise IncentivizeError(f"data file {path} does not exist" if not path.exists() else f"data path {path} is not a file")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise IncentivizeError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise IncentivizeError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append((number, row))
+    if not rows:
+        raise IncentivizeError(f"data file {path} has no rows")
+    return rows
+
+
+def field_text(path: Path, number: int, row: dict[str, Any], name: str, option: str) -> str:
+    """`row[name]` as text, or an error naming the line and the fields the row does have."""
+    if name not in row:
+        fields = ", ".join(sorted(row)) or "none"
+        raise IncentivizeError(f"{path}:{number}: row has no field {name!r} (it has: {fields}); set {option}")
+    value = row[name]
+    if isinstance(value, (dict, list)) or value is None:
+        raise IncentivizeError(f"{path}:{number}: field {name!r} must be text or a number, got {type(value).__name__}")
+    return str(value)
