@@ -91,9 +91,8 @@ def generate(
     if params.stop and decode is None:
         raise IncentivizeError("stop strings need a decode function (pass decode=tokenizer.decode)")
     device = next(model.parameters()).device
-    rows = [list(p) for p in prompts for _ in range(params.n)]
-    batch = len(rows)
-    prompt_ids, prompt_mask = _left_pad(rows, pad_token_id, device)
+    batch = len(prompts) * params.n
+    unique_ids, unique_mask = _left_pad([list(p) for p in prompts], pad_token_id, device)
     generator = torch.Generator(device=device).manual_seed(params.seed)
     eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
 
@@ -103,48 +102,64 @@ def generate(
     running = torch.ones(batch, dtype=torch.bool, device=device)
     reasons = ["length"] * batch
     max_stop_tokens = max((len(s) for s in params.stop), default=0) + 4
-
-    attention = prompt_mask
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-    cache = None
     cache_arg = _cache_argument(model)
-    step_input = prompt_ids
-    with torch.inference_mode():
-        for t in range(params.max_new_tokens):
-            out = model(
-                input_ids=step_input,
-                attention_mask=attention,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **{cache_arg: cache},
-            )
-            cache = out[cache_arg]
-            next_tokens, next_logprobs = _sample(out.logits[:, -1, :].float(), params, generator)
-            next_tokens = torch.where(running, next_tokens, pad_token_id)
-            tokens[:, t] = next_tokens
-            logprobs[:, t] = torch.where(running, next_logprobs, 0.0)
-            mask[:, t] = running.long()
 
-            hit_eos = running & torch.isin(next_tokens, eos)
-            for i in hit_eos.nonzero().flatten().tolist():
+    with torch.inference_mode():
+        # Prefill each distinct prompt once, then copy its cache for its n samples.
+        positions = (unique_mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = model(
+            input_ids=unique_ids, attention_mask=unique_mask, position_ids=positions,
+            use_cache=True, logits_to_keep=1, **{cache_arg: None},
+        )
+        cache = out[cache_arg]
+        logits = out.logits[:, -1, :].float().repeat_interleave(params.n, dim=0)  # (B, V)
+        if params.n > 1:
+            cache.batch_repeat_interleave(params.n)
+        attention = unique_mask.repeat_interleave(params.n, dim=0)
+        positions = positions[:, -1:].repeat_interleave(params.n, dim=0)
+        active = torch.arange(batch, device=device)  # original row of each row in the live batch
+
+        for t in range(params.max_new_tokens):
+            next_tokens, next_logprobs = _sample(logits, params, generator)
+            live = running[active]
+            rows = active[live]
+            tokens[rows, t] = next_tokens[live]
+            logprobs[rows, t] = next_logprobs[live]
+            mask[rows, t] = 1
+
+            for i in rows[torch.isin(next_tokens[live], eos)].tolist():
                 reasons[i] = "eos"
-            running &= ~hit_eos
+                running[i] = False
             if params.stop:
                 assert decode is not None
-                for i in running.nonzero().flatten().tolist():
+                for i in rows[running[rows]].tolist():
                     tail = decode(tokens[i, max(0, t + 1 - max_stop_tokens) : t + 1].tolist())
                     if any(s in tail for s in params.stop):
                         reasons[i] = "stop"
                         running[i] = False
             if on_token is not None:
                 on_token(int(running.sum()))
-            if not running.any():
+            live = running[active]
+            if not live.any() or t + 1 == params.max_new_tokens:
                 break
-            step_input = next_tokens[:, None]
+            if int(live.sum()) <= 0.75 * len(active):
+                # Drop finished rows so they stop costing compute; copying the cache is not free,
+                # so only when a quarter of the batch is done.
+                keep = live.nonzero().flatten()
+                cache.batch_select_indices(keep)
+                active, attention, positions = active[keep], attention[keep], positions[keep]
+                next_tokens = next_tokens[keep]
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
+            positions = positions + 1
+            out = model(
+                input_ids=next_tokens[:, None], attention_mask=attention, position_ids=positions,
+                use_cache=True, logits_to_keep=1, **{cache_arg: cache},
+            )
+            cache = out[cache_arg]
+            logits = out.logits[:, -1, :].float()
 
+    prompt_ids = unique_ids.repeat_interleave(params.n, dim=0)
+    prompt_mask = unique_mask.repeat_interleave(params.n, dim=0)
     width = int(mask.sum(dim=1).max())
     return Rollouts(
         prompt_ids=prompt_ids,

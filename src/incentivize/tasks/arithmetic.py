@@ -86,6 +86,7 @@ class Arithmetic(Task):
     """Seeded arithmetic chains; knobs: `num_ops`, `digits`, `word_problems`."""
 
     name = "arithmetic"
+    max_new_tokens = 128
 
     def __init__(self, num_ops: int = 2, digits: int = 1, word_problems: bool = False, seed: int = 0) -> None:
         if num_ops < 1 or digits < 1:

@@ -34,6 +34,7 @@ class Task(ABC):
 
     name: str = "task"
     system_prompt: str | None = None
+    max_new_tokens: int = 256  # a generation budget that fits the task's answers
 
     @abstractmethod
     def examples(self, split: str = "test", limit: int | None = None) -> list[Example]:

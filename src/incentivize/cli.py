@@ -1,0 +1,156 @@
+"""The `incentivize` command line. Each command parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from incentivize.errors import IncentivizeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Post-train language models toward reasoning. Don't teach. Incentivize.",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Post-train language models toward reasoning. Don't teach. Incentivize."""
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the version."""
+    from incentivize import __version__
+
+    print(__version__)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2, never a traceback."""
+    try:
+        app()
+    except IncentivizeError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Option(help="model directory, .gguf file, or built-in name (smollm2-135m, tiny-random)")] = "smollm2-135m",
+    task: Annotated[str, typer.Option(help="arithmetic, gsm8k or jsonl")] = "arithmetic",
+    data: Annotated[Optional[str], typer.Option(help="data file (gsm8k, jsonl) or a datasets name")] = None,
+    split: Annotated[str, typer.Option(help="split of a built-in task")] = "test",
+    limit: Annotated[int, typer.Option(min=1, help="number of problems")] = 200,
+    samples: Annotated[int, typer.Option(min=0, help="sampled completions per problem for pass@k / maj@k (0: greedy only)")] = 8,
+    temperature: Annotated[float, typer.Option(help="temperature of the sampled pass")] = 0.7,
+    top_p: Annotated[float, typer.Option()] = 1.0,
+    top_k: Annotated[int, typer.Option(help="0 disables top-k")] = 0,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="generation budget (default: the task's)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="sequences decoded together")] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    output: Annotated[Optional[Path], typer.Option(help="directory for results.json and samples.jsonl")] = None,
+    reward: Annotated[Optional[list[str]], typer.Option(help="extra reward function path/to/file.py:name (repeatable)")] = None,
+    prompt_field: Annotated[Optional[str], typer.Option(help="jsonl task: field holding the prompt")] = None,
+    answer_field: Annotated[Optional[str], typer.Option(help="jsonl task: field holding the answer")] = None,
+    num_ops: Annotated[Optional[int], typer.Option(help="arithmetic: operations per problem")] = None,
+    digits: Annotated[Optional[int], typer.Option(help="arithmetic: digits per number")] = None,
+    word_problems: Annotated[Optional[bool], typer.Option("--word-problems", help="arithmetic: tell problems as stories")] = None,
+) -> None:
+    """Greedy accuracy, pass@k, maj@k, lengths and parse rate of a model on a task."""
+    from incentivize.eval.runner import EvalSettings, evaluate
+    from incentivize.models import load
+    from incentivize.rewards import load_reward_function
+    from incentivize.tasks import load_task
+
+    _quiet_transformers()
+    reward_functions = [load_reward_function(spec) for spec in reward or []]
+    the_task = load_task(
+        task, data=data, prompt_field=prompt_field, answer_field=answer_field,
+        num_ops=num_ops, digits=digits, word_problems=word_problems,
+    )
+    try:
+        examples = the_task.examples(split, limit)
+    except ValueError as err:
+        raise IncentivizeError(f"task {task}: {err}") from None
+    settings = _settings(EvalSettings, samples=samples, temperature=temperature, top_p=top_p, top_k=top_k,
+                         max_new_tokens=max_new_tokens or the_task.max_new_tokens, batch_size=batch_size, seed=seed)
+    output = output or Path("results") / f"eval-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    started = time.perf_counter()
+    with console.status(f"loading {model}"):
+        the_model, tokenizer = load(model)
+    console.print(f"loaded {model} in {time.perf_counter() - started:.1f}s; {len(examples)} {task} problems")
+    total = len(examples) * (1 + samples)
+    with _progress() as bar:
+        job = bar.add_task("generating", total=total)
+        report = evaluate(the_model, tokenizer, the_task, examples, settings,
+                          reward_functions=reward_functions, progress=lambda n: bar.advance(job, n))
+    elapsed = time.perf_counter() - started
+    report.metrics["seconds"] = round(elapsed, 1)
+    report.write(output, {"model": model, "task": task, "data": data, "split": split, "limit": limit, **settings.model_dump()})
+    _print_metrics(report.metrics, f"{model} on {task} ({len(examples)} problems)")
+    console.print(f"wrote {output}/results.json and {output}/samples.jsonl")
+    _check_reward_errors(report.reward_errors, len(report.records))
+
+
+def _settings(cls: Any, **values: Any) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return cls(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise IncentivizeError(f"option --{'-'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}") from None
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _check_reward_errors(errors: dict[str, list[str]], total: int) -> None:
+    """Some failures are reported and the run succeeds; a function that failed on every sample is an error."""
+    for name, texts in errors.items():
+        if not texts:
+            continue
+        message = f"reward function {name} failed on {len(texts)} of {total} samples (first: {texts[0]})"
+        if len(texts) == total:
+            raise IncentivizeError(message + "; its results were still written, fix the function and rerun")
+        console.print(f"[yellow]warning:[/] {message}; those samples have no reward")
+
+
+if __name__ == "__main__":
+    main()

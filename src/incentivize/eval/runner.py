@@ -1,0 +1,198 @@
+"""Evaluate a model on a task: greedy accuracy, unbiased pass@k, maj@k, lengths, parse rate.
+
+The greedy pass decodes each problem once at temperature 0; the sampled pass draws `samples`
+completions per problem at `temperature`. Every completion is verified by the task and, when given,
+scored by user reward functions (a function that fails on some samples loses only those samples).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+
+from incentivize.eval.metrics import maj_at_k, mean_pass_at_k
+from incentivize.rewards import call_reward_function, reward_name
+from incentivize.rollout import SamplingParams, generate
+from incentivize.tasks import Example, Task, render_prompt
+
+
+class EvalSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    samples: int = Field(8, ge=0, description="sampled completions per problem (0: greedy only)")
+    temperature: float = Field(0.7, gt=0.0, description="temperature of the sampled pass")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(64, ge=1, description="sequences decoded together")
+    seed: int = 0
+
+
+@dataclass
+class SampleRecord:
+    example_id: str
+    mode: str  # "greedy" or "sample"
+    index: int  # sample number within its problem
+    prompt: str
+    completion: str
+    extracted: str | None
+    gold: str
+    correct: bool
+    finish_reason: str
+    num_tokens: int
+    rewards: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class EvalReport:
+    metrics: dict[str, Any]
+    records: list[SampleRecord]
+    reward_errors: dict[str, list[str]]  # reward name -> error texts, one per failed sample
+
+    def write(self, output: str | Path, settings: dict[str, Any]) -> None:
+        """`results.json` (metrics and settings) and `samples.jsonl` (every completion)."""
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        with (output / "samples.jsonl").open("w", encoding="utf-8") as handle:
+            for record in self.records:
+                handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+        errors = {name: {"count": len(texts), "first": texts[0]} for name, texts in self.reward_errors.items() if texts}
+        results = {"metrics": self.metrics, "settings": settings, "reward_errors": errors}
+        (output / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Task,
+    examples: Sequence[Example],
+    settings: EvalSettings,
+    *,
+    reward_functions: Sequence[Callable[..., Any]] = (),
+    progress: Callable[[int], None] | None = None,
+) -> EvalReport:
+    """Run the greedy and sampled passes over `examples`; `progress(n)` gets completed sequences."""
+    prompts = [render_prompt(tokenizer, task.messages(e)) for e in examples]
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=settings.max_new_tokens, seed=settings.seed)
+    records = _decode_all(model, tokenizer, task, examples, prompts, greedy, "greedy", settings.batch_size, progress)
+    if settings.samples > 0:
+        sampled = SamplingParams(
+            n=settings.samples,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            max_new_tokens=settings.max_new_tokens,
+            seed=settings.seed,
+        )
+        records += _decode_all(model, tokenizer, task, examples, prompts, sampled, "sample", settings.batch_size, progress)
+    reward_errors = _score_rewards(records, examples, reward_functions)
+    return EvalReport(_metrics(records, examples, settings.samples), records, reward_errors)
+
+
+def _decode_all(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Task,
+    examples: Sequence[Example],
+    prompts: list[list[int]],
+    params: SamplingParams,
+    mode: str,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> list[SampleRecord]:
+    # Batches of similar prompt length waste little on padding; results go back in input order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    per_batch = max(1, batch_size // params.n)
+    by_example: dict[int, list[SampleRecord]] = {}
+    eos_ids = _eos_ids(model, tokenizer)
+    for start in range(0, len(order), per_batch):
+        chunk = order[start : start + per_batch]
+        batch_params = params.model_copy(update={"seed": params.seed + start})
+        rollouts = generate(
+            model, [prompts[i] for i in chunk], batch_params,
+            eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id, decode=tokenizer.decode,
+        )
+        completions = rollouts.completion_token_lists()
+        for row, ids in enumerate(completions):
+            i = chunk[row // params.n]
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            verdict = task.verify(examples[i], text)
+            by_example.setdefault(i, []).append(
+                SampleRecord(
+                    example_id=examples[i].id, mode=mode, index=row % params.n,
+                    prompt=tokenizer.decode(prompts[i]), completion=text,
+                    extracted=verdict.extracted, gold=examples[i].answer, correct=verdict.correct,
+                    finish_reason=rollouts.finish_reasons[row], num_tokens=len(ids),
+                )
+            )
+        if progress is not None:
+            progress(len(completions))
+    return [record for i in range(len(prompts)) for record in by_example[i]]
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS plus whatever the model's generation config also stops on."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def _score_rewards(
+    records: list[SampleRecord], examples: Sequence[Example], reward_functions: Sequence[Callable[..., Any]]
+) -> dict[str, list[str]]:
+    by_id = {e.id: e for e in examples}
+    errors: dict[str, list[str]] = {}
+    for fn in reward_functions:
+        name = reward_name(fn)
+        rows = [by_id[r.example_id] for r in records]
+        columns: dict[str, list[Any]] = {"answer": [e.answer for e in rows]}
+        for key in sorted({k for e in rows for k in e.columns}):
+            columns[key] = [e.columns.get(key) for e in rows]
+        call = call_reward_function(fn, [r.prompt for r in records], [r.completion for r in records], columns)
+        for record, value in zip(records, call.values):
+            record.rewards[name] = value
+        errors[name] = [e for e in call.errors if e is not None]
+    return errors
+
+
+def _metrics(records: list[SampleRecord], examples: Sequence[Example], samples: int) -> dict[str, Any]:
+    greedy = [r for r in records if r.mode == "greedy"]
+    sampled = [r for r in records if r.mode == "sample"]
+    metrics: dict[str, Any] = {
+        "problems": len(examples),
+        "greedy_accuracy": _mean([r.correct for r in greedy]),
+        "greedy_parsed": _mean([r.extracted is not None for r in greedy]),
+        "greedy_mean_length": _mean([r.num_tokens for r in greedy]),
+    }
+    if sampled:
+        per_problem: dict[str, list[SampleRecord]] = {}
+        for r in sampled:
+            per_problem.setdefault(r.example_id, []).append(r)
+        groups = [per_problem[e.id] for e in examples]
+        counts = [(len(g), sum(r.correct for r in g)) for g in groups]
+        for k in _k_values(samples):
+            metrics[f"pass@{k}"] = mean_pass_at_k(counts, k)
+        metrics[f"maj@{samples}"] = maj_at_k([[r.extracted for r in g] for g in groups], [e.answer for e in examples], samples)
+        metrics["sample_parsed"] = _mean([r.extracted is not None for r in sampled])
+        metrics["sample_mean_length"] = _mean([r.num_tokens for r in sampled])
+    for name in sorted({n for r in records for n in r.rewards}):
+        values = [r.rewards[name] for r in records if r.rewards.get(name) is not None]
+        metrics[f"reward/{name}"] = _mean(values) if values else None
+    return metrics
+
+
+def _k_values(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    return sorted({2**i for i in range(int(math.log2(n)) + 1)} | {n})
+
+
+def _mean(values: Sequence[float | bool | int]) -> float:
+    return float(sum(values)) / len(values) if values else 0.0
