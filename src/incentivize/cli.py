@@ -21,7 +21,7 @@ app = typer.Typer(
     help="Post-train language models toward reasoning. Don't teach. Incentivize.",
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()
@@ -42,7 +42,7 @@ def main() -> None:
     try:
         app()
     except IncentivizeError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")
