@@ -22,6 +22,8 @@ demo: setup
 	$(BIN)/incentivize eval --model smollm2-135m --task arithmetic --limit 50 --samples 4 --output results/demo
 
 test: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -138,3 +138,9 @@ def test_extract_answer_reads_thousands_commas(n: int) -> None:
     assert extract_answer(f"{n:,}") == str(n)
     assert extract_answer(f"So the total is {n:,}.") == str(n)
     assert extract_answer(f"#### {n:,}") == str(n)
+
+
+def test_quotes_and_backticks_around_the_answer_are_dropped():
+    assert extract_answer('2 + 7 = 11\n\nThe last line must be "Answer: 11"') == "11"
+    assert extract_answer("Answer: `42`") == "42"
+    assert extract_answer("Answer: '3.50'.") == "3.5"

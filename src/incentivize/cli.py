@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -102,11 +101,9 @@ def eval_command(
     with console.status(f"loading {model}"):
         the_model, tokenizer = load(model)
     console.print(f"loaded {model} in {time.perf_counter() - started:.1f}s; {len(examples)} {task} problems")
-    total = len(examples) * (1 + samples)
-    with _progress() as bar:
-        job = bar.add_task("generating", total=total)
+    with ProgressReporter("generating", len(examples) * (1 + samples), console) as progress:
         report = evaluate(the_model, tokenizer, the_task, examples, settings,
-                          reward_functions=reward_functions, progress=lambda n: bar.advance(job, n))
+                          reward_functions=reward_functions, progress=progress.advance)
     elapsed = time.perf_counter() - started
     report.metrics["seconds"] = round(elapsed, 1)
     report.write(output, {"model": model, "task": task, "data": data, "split": split, "limit": limit, **settings.model_dump()})
@@ -125,11 +122,41 @@ def _settings(cls: Any, **values: Any) -> Any:
         raise IncentivizeError(f"option --{'-'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}") from None
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
-    )
+class ProgressReporter:
+    """A rich progress bar on a terminal; elsewhere (logs, CI) a plain line every tenth of the work."""
+
+    def __init__(self, description: str, total: int, out: Console) -> None:
+        self.description, self.total, self.out = description, max(total, 1), out
+        self.done, self.next_report, self.started = 0, 0.1, time.perf_counter()
+        self.bar: Progress | None = None
+        if out.is_terminal:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=out,
+            )
+            self.job = self.bar.add_task(description, total=total)
+
+    def __enter__(self) -> ProgressReporter:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.advance(self.job, n)
+            return
+        share = self.done / self.total
+        if share >= self.next_report or self.done >= self.total:
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / share - elapsed if share > 0 else 0.0
+            self.out.print(f"{self.description} {self.done}/{self.total} ({share:.0%}) {elapsed:.0f}s elapsed, eta {eta:.0f}s")
+            while self.next_report <= share:
+                self.next_report += 0.1
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:

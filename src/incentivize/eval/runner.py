@@ -26,12 +26,12 @@ from incentivize.tasks import Example, Task, render_prompt
 class EvalSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
-    samples: int = Field(8, ge=0, description="sampled completions per problem (0: greedy only)")
-    temperature: float = Field(0.7, gt=0.0, description="temperature of the sampled pass")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
-    max_new_tokens: int = Field(256, ge=1)
-    batch_size: int = Field(64, ge=1, description="sequences decoded together")
+    samples: int = Field(default=8, ge=0, description="sampled completions per problem (0: greedy only)")
+    temperature: float = Field(default=0.7, gt=0.0, description="temperature of the sampled pass")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    max_new_tokens: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="sequences decoded together")
     seed: int = 0
 
 
@@ -184,7 +184,7 @@ def _metrics(records: list[SampleRecord], examples: Sequence[Example], samples: 
         metrics["sample_parsed"] = _mean([r.extracted is not None for r in sampled])
         metrics["sample_mean_length"] = _mean([r.num_tokens for r in sampled])
     for name in sorted({n for r in records for n in r.rewards}):
-        values = [r.rewards[name] for r in records if r.rewards.get(name) is not None]
+        values = [v for r in records if (v := r.rewards.get(name)) is not None]
         metrics[f"reward/{name}"] = _mean(values) if values else None
     return metrics
 

@@ -208,7 +208,8 @@ def _tiny_random(dtype: torch.dtype) -> tuple[Any, Any]:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same weights every time, without touching the caller's RNG
-        model = LlamaForCausalLM(config).to(dtype)
+        model: Any = LlamaForCausalLM(config)
+        model.to(dtype)
     return model, tokenizer
 
 

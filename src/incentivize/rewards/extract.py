@@ -134,12 +134,13 @@ def _last_answer_line(text: str, pattern: re.Pattern[str] = _ANSWER_MARKER) -> s
 
 
 def _clean(value: str) -> str:
-    """Strip the decoration models put around an answer: markdown bold, ``$``, a final period."""
+    """Strip the decoration models put around an answer: markdown bold, quotes, backticks, ``$``,
+    a final period."""
     value = value.strip()
     previous = None
     while value != previous:
         previous = value
-        value = value.strip().strip("*").strip()
+        value = value.strip().strip("*\"'`").strip()
         if value.startswith("\\(") and value.endswith("\\)"):
             value = value[2:-2]
         value = value.strip("$").rstrip(".")

@@ -198,6 +198,8 @@ def _call_per_sample(
     call = RewardCall(values=[], errors=[])
     for i in range(len(completions)):
         one_columns = {key: column[i : i + 1] for key, column in columns.items()}
+        value: float | None
+        error: str | None
         try:
             result = fn(prompts[i : i + 1], completions[i : i + 1], **one_columns)
         except Exception as err:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
@@ -32,11 +33,11 @@ class SamplingParams(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    n: int = Field(1, ge=1, description="completions per prompt, kept contiguous")
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 disables top-k")
-    max_new_tokens: int = Field(256, ge=1)
+    n: int = Field(default=1, ge=1, description="completions per prompt, kept contiguous")
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, description="0 disables top-k")
+    max_new_tokens: int = Field(default=256, ge=1)
     stop: list[str] = Field(default_factory=list, description="stop strings; kept in the completion")
     seed: int = 0
 
@@ -174,7 +175,8 @@ def generate(
 
 def _cache_argument(model: torch.nn.Module) -> str:
     """transformers 5 renamed `past_key_values` to `cache`; accept both generations."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    wrapped: Any = model
+    base = wrapped.get_base_model() if hasattr(wrapped, "get_base_model") else wrapped  # peft wrapper
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
