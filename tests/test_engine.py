@@ -119,3 +119,21 @@ def test_bad_calls_are_clear(tiny):
         generate(model, [[]], SamplingParams(), eos_token_ids=[2], pad_token_id=2)
     with pytest.raises(IncentivizeError, match="decode"):
         generate(model, [[1, 2]], SamplingParams(stop=["x"]), eos_token_ids=[2], pad_token_id=2)
+
+
+def test_select_and_concat_keep_rows_intact(tiny):
+    from incentivize.rollout import Rollouts
+
+    _, tokenizer = tiny
+    prompts = _prompts(tokenizer, 3)
+    a = _run(tiny, prompts[:2], n=2, temperature=1.0, max_new_tokens=6, seed=1)
+    b = _run(tiny, [prompts[2][:20]], n=2, temperature=1.0, max_new_tokens=9, seed=2)
+    both = Rollouts.concat([a, b])
+    assert len(both) == 6 and both.prompt_index.tolist() == [0, 0, 1, 1, 2, 2]
+    assert both.completion_token_lists() == a.completion_token_lists() + b.completion_token_lists()
+    for i, part, j in [(1, a, 1), (4, b, 0)]:
+        assert both.prompt_ids[i][both.prompt_mask[i].bool()].tolist() == part.prompt_ids[j][part.prompt_mask[j].bool()].tolist()
+        torch.testing.assert_close(both.logprobs[i, : part.logprobs.shape[1]], part.logprobs[j])
+    picked = both.select([4, 5])
+    assert picked.completion_token_lists() == b.completion_token_lists()
+    assert picked.prompt_ids.shape[1] == 20  # the padding only the other rows needed is gone

@@ -53,6 +53,7 @@ class Rollouts:
     logprobs:        (B, T) float32, log pi(token) at the sampling temperature; 0 where masked
     prompt_index:    (B,)   long, which input prompt each row came from
     finish_reasons:  B strings: "eos", "stop" (a stop string) or "length"
+    pad_token_id:    the id used for padding
     """
 
     prompt_ids: torch.Tensor
@@ -62,6 +63,55 @@ class Rollouts:
     logprobs: torch.Tensor
     prompt_index: torch.Tensor
     finish_reasons: list[str]
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.finish_reasons)
+
+    def select(self, rows: Sequence[int]) -> Rollouts:
+        """The given rows, in that order, trimmed to the padding they still need."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.prompt_ids.device)
+        prompt_mask, completion_mask = self.prompt_mask[index], self.completion_mask[index]
+        start = int((prompt_mask.sum(dim=0) > 0).nonzero().min()) if len(index) else 0
+        width = int(completion_mask.sum(dim=1).max()) if len(index) else 0
+        return Rollouts(
+            prompt_ids=self.prompt_ids[index, start:],
+            prompt_mask=prompt_mask[:, start:],
+            completion_ids=self.completion_ids[index, :width],
+            completion_mask=completion_mask[:, :width],
+            logprobs=self.logprobs[index, :width],
+            prompt_index=self.prompt_index[index],
+            finish_reasons=[self.finish_reasons[i] for i in index.tolist()],
+            pad_token_id=self.pad_token_id,
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Rollouts]) -> Rollouts:
+        """Rows of all parts, re-padded to common widths; prompt indices are offset to stay distinct."""
+        pad = parts[0].pad_token_id
+        prompt_width = max(p.prompt_ids.shape[1] for p in parts)
+        width = max(p.completion_ids.shape[1] for p in parts)
+
+        def left(t: torch.Tensor, value: int) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (prompt_width - t.shape[1], 0), value=value)
+
+        def right(t: torch.Tensor, value: float) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+        offsets, total = [], 0
+        for p in parts:
+            offsets.append(total)
+            total += int(p.prompt_index.max()) + 1 if len(p) else 0
+        return Rollouts(
+            prompt_ids=torch.cat([left(p.prompt_ids, pad) for p in parts]),
+            prompt_mask=torch.cat([left(p.prompt_mask, 0) for p in parts]),
+            completion_ids=torch.cat([right(p.completion_ids, pad) for p in parts]),
+            completion_mask=torch.cat([right(p.completion_mask, 0) for p in parts]),
+            logprobs=torch.cat([right(p.logprobs, 0.0) for p in parts]),
+            prompt_index=torch.cat([p.prompt_index + o for p, o in zip(parts, offsets)]),
+            finish_reasons=[r for p in parts for r in p.finish_reasons],
+            pad_token_id=pad,
+        )
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -170,6 +220,7 @@ def generate(
         logprobs=logprobs[:, :width].clone(),
         prompt_index=torch.arange(len(prompts), device=device).repeat_interleave(params.n),
         finish_reasons=reasons,
+        pad_token_id=pad_token_id,
     )
 
 
