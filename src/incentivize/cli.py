@@ -9,10 +9,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from incentivize.errors import IncentivizeError
+from incentivize.progress import ProgressReporter
 
 app = typer.Typer(
     add_completion=False,
@@ -112,6 +112,41 @@ def eval_command(
     _check_reward_errors(report.reward_errors, len(report.records))
 
 
+@app.command("train")
+def train_command(
+    algorithm: Annotated[str, typer.Argument(help="grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline or ppo")] = "grpo",
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of config keys")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override one key: --set beta=0.04 (repeatable)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="shortcut for --set model=...")] = None,
+    task: Annotated[Optional[str], typer.Option(help="shortcut for --set task=...")] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="run directory (default runs/<algorithm>-<task>-<time>)")] = None,
+) -> None:
+    """RL training. With no arguments: GRPO on SmolLM2-135M-Instruct on arithmetic, on CPU."""
+    from incentivize.config import load_config
+    from incentivize.trainers.rl import train
+
+    _quiet_transformers()
+    shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir)) if v]
+    settings = load_config(algorithm, config, shortcuts + list(set_ or []))
+    console.print(
+        f"{settings.algorithm}: {settings.model} on {settings.task}, {settings.max_steps} steps of "
+        f"{settings.prompts_per_step} prompts x {settings.num_generations} completions", highlight=False,
+    )
+    with ProgressReporter("training", settings.max_steps, console) as progress:
+        def on_step(step: int, metrics: dict[str, Any]) -> None:
+            progress.advance(1, f"reward {metrics['reward_mean']:.3f} acc {metrics['accuracy']:.3f}")
+
+        result = train(settings, on_step=on_step, on_event=lambda text: console.print(text, highlight=False))
+    table = Table(title=f"held-out greedy accuracy ({settings.eval_limit} problems)")
+    for column in ("", "before", "after"):
+        table.add_column(column, justify="right")
+    for name in ("greedy_accuracy", "greedy_parsed", "greedy_mean_length"):
+        before = f"{result.before[name]:.3f}" if result.before else "-"
+        table.add_row(name, before, f"{result.after[name]:.3f}")
+    Console().print(table)
+    console.print(f"{result.seconds / 60:.1f} min; final model in {result.run_dir / 'final'}", highlight=False)
+
+
 def _settings(cls: Any, **values: Any) -> Any:
     from pydantic import ValidationError
 
@@ -120,43 +155,6 @@ def _settings(cls: Any, **values: Any) -> Any:
     except ValidationError as err:
         first = err.errors()[0]
         raise IncentivizeError(f"option --{'-'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}") from None
-
-
-class ProgressReporter:
-    """A rich progress bar on a terminal; elsewhere (logs, CI) a plain line every tenth of the work."""
-
-    def __init__(self, description: str, total: int, out: Console) -> None:
-        self.description, self.total, self.out = description, max(total, 1), out
-        self.done, self.next_report, self.started = 0, 0.1, time.perf_counter()
-        self.bar: Progress | None = None
-        if out.is_terminal:
-            self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=out,
-            )
-            self.job = self.bar.add_task(description, total=total)
-
-    def __enter__(self) -> ProgressReporter:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.advance(self.job, n)
-            return
-        share = self.done / self.total
-        if share >= self.next_report or self.done >= self.total:
-            elapsed = time.perf_counter() - self.started
-            eta = elapsed / share - elapsed if share > 0 else 0.0
-            self.out.print(f"{self.description} {self.done}/{self.total} ({share:.0%}) {elapsed:.0f}s elapsed, eta {eta:.0f}s")
-            while self.next_report <= share:
-                self.next_report += 0.1
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:

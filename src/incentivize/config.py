@@ -1,0 +1,221 @@
+"""One typed config for RL training, read from YAML and `--set key=value` overrides.
+
+Field names follow TRL where TRL has the concept (`num_generations`, `beta`, `epsilon`,
+`epsilon_high`, `loss_type`, `scale_rewards`, `max_completion_length`, `num_iterations`,
+`learning_rate`, `max_grad_norm`, `warmup_steps`, `lr_scheduler_type`). Each algorithm name is a
+preset of these fields (`PRESETS`); the YAML file and then the overrides are applied on top, so
+`incentivize train rloo --set beta=0` means "RLOO, without the KL penalty".
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from incentivize.errors import IncentivizeError
+
+Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
+
+
+class RLConfig(BaseModel):
+    """Everything a run needs. Units: lengths in tokens, steps in optimizer steps of one rollout batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # what to train, on what
+    algorithm: Algorithm = "grpo"
+    model: str = Field(default="smollm2-135m", description="model directory, .gguf file or built-in name")
+    task: str = "arithmetic"
+    task_options: dict[str, Any] = Field(default_factory=dict, description="options of the task, e.g. num_ops, data")
+    rewards: list[str] = Field(default_factory=list, description="extra reward functions path/to/file.py:name")
+    reward_weights: list[float] | None = Field(default=None, description="weights of [correctness, *rewards]")
+    format_reward: float = Field(default=0.0, description="weight of the built-in format reward")
+    output_dir: str | None = None
+    seed: int = 0
+
+    # sampling
+    num_generations: int = Field(default=8, ge=1, description="completions per prompt (the group size G)")
+    generation_batch_size: int = Field(default=32, ge=1, description="completions per step; a multiple of num_generations")
+    max_completion_length: int = Field(default=64, ge=1)
+    temperature: float = Field(default=1.0, gt=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+
+    # optimisation
+    max_steps: int = Field(default=20, ge=1)
+    learning_rate: float = Field(default=1e-6, gt=0.0)
+    lr_scheduler_type: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    num_iterations: int = Field(default=1, ge=1, description="updates per rollout batch (mu)")
+    micro_batch_size: int = Field(default=8, ge=1, description="completions per forward/backward")
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+
+    # estimator and loss
+    advantage: str = Field(default="grpo", description="advantage estimator (algorithms.advantages)")
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    loss_type: str = Field(default="grpo", description="grpo | dapo | bnpo | dr_grpo (how the token losses are averaged)")
+    epsilon: float = Field(default=0.2, gt=0.0, description="PPO clip, lower side")
+    epsilon_high: float | None = Field(default=None, description="PPO clip, upper side (DAPO clip-higher); default epsilon")
+    dual_clip: float | None = Field(default=None, gt=1.0)
+    ratio_level: Literal["token", "sequence"] = "token"
+    beta: float = Field(default=0.04, ge=0.0, description="KL coefficient; 0 loads no reference model")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_in: Literal["loss", "reward"] = "loss"
+    gamma: float = Field(default=1.0, ge=0.0, le=1.0)
+    lam: float = Field(default=0.95, ge=0.0, le=1.0)
+
+    # DAPO
+    dynamic_sampling: bool = Field(default=False, description="drop groups whose rewards are all equal and resample")
+    max_resample_rounds: int = Field(default=4, ge=1, description="generation rounds per step before giving up")
+    overlong_buffer: int = Field(default=0, ge=0, description="soft overlong punishment length L_cache (0: off)")
+    overlong_penalty: float = Field(default=1.0, ge=0.0)
+
+    # PPO critic
+    critic_model: str | None = Field(default=None, description="critic backbone; default a copy of the policy")
+    critic_learning_rate: float = Field(default=1e-5, gt=0.0)
+    critic_warmup_steps: int = Field(default=0, ge=0, description="steps that train only the critic, actor frozen")
+    cliprange_value: float = Field(default=0.2, gt=0.0)
+
+    # LoRA (peft)
+    use_peft: bool = False
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] | str = "all-linear"
+
+    # evaluation, logging, checkpoints
+    eval_steps: int = Field(default=0, ge=0, description="held-out evaluation every N steps (0: only before and after)")
+    eval_limit: int = Field(default=100, ge=1, description="held-out problems per evaluation")
+    eval_before: bool = True
+    save_steps: int = Field(default=0, ge=0, description="checkpoint every N steps (0: only the final model)")
+    save_total_limit: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RLConfig:
+        if self.generation_batch_size % self.num_generations:
+            raise ValueError(
+                f"generation_batch_size ({self.generation_batch_size}) must be a multiple of "
+                f"num_generations ({self.num_generations})"
+            )
+        if self.advantage in ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline") and self.num_generations < 2:
+            raise ValueError(f"advantage {self.advantage!r} compares samples of a group: num_generations must be >= 2")
+        if self.reward_weights is not None and len(self.reward_weights) != 1 + len(self.rewards):
+            raise ValueError(
+                f"reward_weights has {len(self.reward_weights)} entries; it needs 1 + len(rewards) = {1 + len(self.rewards)}"
+            )
+        return self
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.generation_batch_size // self.num_generations
+
+    @property
+    def clip_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+# Each algorithm as the fields it sets; ALGORITHMS.md sections 1-4 give the sources.
+PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": {"advantage": "grpo", "loss_type": "grpo", "beta": 0.04, "kl_in": "loss", "kl_estimator": "k3"},
+    "dr_grpo": {"advantage": "dr_grpo", "loss_type": "dr_grpo", "beta": 0.0, "scale_rewards": "none"},
+    "dapo": {
+        "advantage": "grpo", "loss_type": "dapo", "beta": 0.0, "epsilon_high": 0.28,
+        "dynamic_sampling": True, "overlong_buffer": 16,
+    },
+    "rloo": {"advantage": "rloo", "loss_type": "grpo", "beta": 0.05, "kl_in": "reward", "kl_estimator": "k1",
+             "ratio_level": "sequence"},
+    "reinforce_pp": {"advantage": "reinforce_pp", "loss_type": "dapo", "beta": 0.01, "kl_in": "reward",
+                     "kl_estimator": "k1", "num_generations": 1},
+    "reinforce_pp_baseline": {"advantage": "reinforce_pp_baseline", "loss_type": "dapo", "beta": 0.01,
+                              "kl_in": "reward", "kl_estimator": "k1"},
+    "ppo": {"advantage": "gae", "loss_type": "dapo", "beta": 0.05, "kl_in": "reward", "kl_estimator": "k1",
+            "num_generations": 1, "critic_warmup_steps": 2},
+}
+
+
+def load_config(algorithm: str, path: str | Path | None = None, overrides: list[str] | None = None) -> RLConfig:
+    """The preset of `algorithm`, then the YAML file at `path`, then `key=value` overrides."""
+    if algorithm not in PRESETS:
+        raise IncentivizeError(_unknown("algorithm", algorithm, PRESETS))
+    values: dict[str, Any] = {"algorithm": algorithm, **PRESETS[algorithm]}
+    sources = [f"preset {algorithm}"]
+    if path is not None:
+        sources.append(str(path))
+        values.update(_read_yaml(Path(path)))
+        if values.get("algorithm", algorithm) != algorithm:
+            raise IncentivizeError(
+                f"{path}: algorithm is {values['algorithm']!r} but the command trains {algorithm!r}; "
+                "drop the key or run the matching command"
+            )
+        values["algorithm"] = algorithm
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_dotted(values, key, value)
+    if overrides:
+        sources.append("--set")
+    return _validate(values, f"config ({' + '.join(sources)})")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise IncentivizeError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise IncentivizeError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise IncentivizeError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise IncentivizeError(f"--set {item!r}: expected key=value, e.g. --set beta=0.04")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """`task_options.num_ops=3` sets one entry of a dict field."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        values[head] = value
+        return
+    target = values.setdefault(head, {})
+    if not isinstance(target, dict):
+        raise IncentivizeError(f"--set {key}: {head} is not a mapping")
+    target[rest] = value
+
+
+def _validate(values: dict[str, Any], source: str) -> RLConfig:
+    unknown = [k for k in values if k not in RLConfig.model_fields]
+    if unknown:
+        raise IncentivizeError(f"{source}: {_unknown('config key', unknown[0], RLConfig.model_fields)}")
+    try:
+        return RLConfig(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "config"
+        given = f" (got {first['input']!r})" if first["loc"] and not isinstance(first.get("input"), dict) else ""
+        raise IncentivizeError(f"{source}: {field}: {first['msg']}{given}") from None
+
+
+def _unknown(kind: str, name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f" (choices: {', '.join(sorted(choices))})"
+    return f"unknown {kind} {name!r}{hint}"

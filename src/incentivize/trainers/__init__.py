@@ -1,0 +1,1 @@
+"""Thin training loops that compose rollout, rewards, algorithms and an optimizer."""

@@ -1,0 +1,419 @@
+"""One RL loop for GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++ (and its baseline variant) and PPO.
+
+Every estimator runs the same step: sample `num_generations` completions for each of
+`prompts_per_step` training problems (reusing the engine's sampling log-probabilities as the
+behaviour policy's), score them, compute advantages with the estimator named in the config, then
+make `num_iterations` optimizer updates over micro-batches. What differs between algorithms is
+only data in the config (`config.PRESETS`): the advantage estimator, where the KL goes (the loss,
+k3, as in GRPO; or the reward, k1, as in RLOO, REINFORCE++ and PPO), the loss aggregation, the clip
+range, DAPO's dynamic sampling and overlong shaping, and PPO's critic with its warm-up.
+
+Papers and deviations:
+- GRPO (arXiv 2402.03300), Dr. GRPO (2503.20783), DAPO (2503.14476), RLOO (2402.14740),
+  REINFORCE++ (2501.03262), PPO with GAE; the math is in `incentivize.algorithms`.
+- Rows whose reward could not be computed (a user reward function failed) are left out of the
+  loss and of the group statistics, rather than scored 0.
+- The learning-rate schedule advances once per training step (rollout batch), not once per
+  inner update, so `num_iterations` does not change the schedule's length.
+- DAPO's dynamic sampling draws only as many new prompts as groups are still missing, rather than
+  over-sampling a fixed multiple, and stops with an error after `max_resample_rounds` rounds.
+- With `critic_warmup_steps`, the first steps sample, score and train only the critic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from incentivize.algorithms.advantages import AdvantageInputs, compute_advantages
+from incentivize.algorithms.aggregate import AGGREGATIONS, global_normalizer, loss_type_to_aggregation
+from incentivize.algorithms.kl import KL_ESTIMATORS, k3
+from incentivize.algorithms.policy_loss import ppo_clip_loss, value_loss
+from incentivize.checkpoint import rng_state, save_checkpoint, save_model
+from incentivize.config import RLConfig
+from incentivize.errors import IncentivizeError
+from incentivize.eval.runner import EvalSettings, evaluate
+from incentivize.rewards import load_reward_function
+from incentivize.rollout import Rollouts, SamplingParams, generate
+from incentivize.tasks import Example, Task, load_task, render_prompt
+from incentivize.trainers.policy import Batch, Models, build_models, token_logprobs, token_values
+from incentivize.trainers.sampler import PromptSampler
+from incentivize.trainers.scoring import Scorer, Scores
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    before: dict[str, Any] | None  # held-out metrics before training (None if skipped)
+    after: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class StepData:
+    """One step's rollouts with the problems and scores that go with each row."""
+
+    rollouts: Rollouts
+    examples: list[Example]  # one per row
+    scores: Scores
+    zero_variance_share: float  # of the groups first sampled this step
+    rounds: int
+
+
+Callback = Callable[[int, dict[str, Any]], None]
+
+
+def train(config: RLConfig, *, on_step: Callback | None = None, on_event: Callable[[str], None] | None = None) -> TrainResult:
+    """Run `config` to the end; `on_step(step, metrics)` after each step, `on_event(text)` for milestones."""
+    say = on_event or (lambda text: None)
+    started = time.perf_counter()
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    run_dir = _make_run_dir(config)
+    task = load_task(config.task, **config.task_options)
+    train_examples = _examples(task, "train", None)
+    eval_examples = _examples(task, "test", config.eval_limit)
+    say(f"run directory {run_dir}; {len(train_examples)} training and {len(eval_examples)} held-out problems")
+
+    models = build_models(config)
+    scorer = Scorer(
+        task, [load_reward_function(spec) for spec in config.rewards], config.reward_weights, config.format_reward,
+        config.max_completion_length, config.overlong_buffer, config.overlong_penalty,
+    )
+    sampler = PromptSampler(len(train_examples), config.seed)
+    learner = Learner(config, models)
+    metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+    samples_file = (run_dir / "samples.jsonl").open("a", encoding="utf-8")
+    prompt_cache: dict[int, list[int]] = {}
+
+    def evaluate_now(label: str) -> dict[str, Any]:
+        say(f"evaluating {label} on {len(eval_examples)} held-out problems")
+        settings = EvalSettings(samples=0, max_new_tokens=config.max_completion_length, seed=config.seed)
+        report = evaluate(models.policy, models.tokenizer, task, eval_examples, settings)
+        report.write(run_dir / f"eval-{label}", {"model": config.model, "step": label, **settings.model_dump()})
+        return report.metrics
+
+    before = evaluate_now("before") if config.eval_before else None
+    try:
+        for step in range(1, config.max_steps + 1):
+            t0 = time.perf_counter()
+            data = _collect(config, models, task, train_examples, sampler, scorer, prompt_cache, step)
+            t1 = time.perf_counter()
+            stats = learner.step(data, train_actor=step > config.critic_warmup_steps)
+            t2 = time.perf_counter()
+            metrics = {"step": step, **_rollout_metrics(data, config), **stats,
+                       "time/rollout": t1 - t0, "time/learn": t2 - t1,
+                       "tokens_per_second": float(data.rollouts.completion_mask.sum()) / (t2 - t0)}
+            metrics_file.write(json.dumps(_plain(metrics)) + "\n")
+            metrics_file.flush()
+            _write_samples(samples_file, step, data, models.tokenizer)
+            if config.eval_steps and step % config.eval_steps == 0 and step < config.max_steps:
+                metrics["eval/greedy_accuracy"] = evaluate_now(f"step-{step}")["greedy_accuracy"]
+            if on_step is not None:
+                on_step(step, metrics)
+            if config.save_steps and step % config.save_steps == 0:
+                save_checkpoint(run_dir / "checkpoints", step, models.policy, models.tokenizer,
+                                learner.state_dict() | {"rng": rng_state()}, {"sampler": sampler.state_dict()},
+                                config.save_total_limit)
+    finally:
+        metrics_file.close()
+        samples_file.close()
+    after = evaluate_now("after")
+    save_model(run_dir / "final", models.policy, models.tokenizer)
+    seconds = time.perf_counter() - started
+    summary = {"before": before, "after": after, "seconds": seconds}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return TrainResult(run_dir, before, after, seconds)
+
+
+class Learner:
+    """Optimizers and the update rule: advantages, clipped policy loss, KL, critic regression."""
+
+    def __init__(self, config: RLConfig, models: Models) -> None:
+        self.config, self.models = config, models
+        self.aggregation = loss_type_to_aggregation(config.loss_type)
+        params = [p for p in models.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
+        self.critic_optimizer = None
+        if models.critic is not None:
+            self.critic_optimizer = torch.optim.AdamW(models.critic.parameters(), lr=config.critic_learning_rate)
+        self.skipped_steps = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.critic_optimizer is not None:
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        return state
+
+    def step(self, data: StepData, train_actor: bool = True) -> dict[str, float]:
+        config, models = self.config, self.models
+        rollouts = data.rollouts
+        batch = Batch.from_rollouts(rollouts)
+        valid = ~torch.isnan(data.scores.rewards)  # (B,)
+        mask = rollouts.completion_mask.float() * valid[:, None]  # (B, T)
+        old_logp = rollouts.logprobs  # sampled by the current weights: the behaviour policy
+        chunks = _chunks(len(rollouts), config.micro_batch_size)
+
+        ref_logp = None
+        if config.beta > 0:
+            with models.reference_policy() as reference:
+                ref_logp = torch.cat([token_logprobs(reference, _rows(batch, c), config.temperature, grad=False)[0]
+                                      for c in chunks])
+        old_values = None
+        if models.critic is not None:
+            with torch.no_grad():
+                old_values = torch.cat([token_values(models.critic, _rows(batch, c)) for c in chunks])
+        kl_in_reward = ref_logp is not None and config.kl_in == "reward"
+        advantages = compute_advantages(
+            config.advantage,
+            AdvantageInputs(
+                scores=data.scores.rewards, mask=mask, group_size=config.num_generations,
+                kl=KL_ESTIMATORS.get(config.kl_estimator)(old_logp, ref_logp) * mask if kl_in_reward and ref_logp is not None else None,
+                beta=config.beta if kl_in_reward else 0.0, values=old_values,
+            ),
+            **_estimator_params(config),
+        )
+        normalizer = global_normalizer(self.aggregation, mask, config.max_completion_length)
+        stats: dict[str, float] = {"lr": float(self.scheduler.get_last_lr()[0])}
+        if ref_logp is not None:
+            stats["kl"] = _masked_mean(k3(old_logp, ref_logp), mask)
+        if train_actor and float(mask.sum()) > 0:
+            stats |= self._update_actor(batch, chunks, mask, old_logp, ref_logp, advantages.advantages, normalizer)
+            self.scheduler.step()
+        if models.critic is not None and advantages.returns is not None and old_values is not None:
+            stats |= self._update_critic(batch, chunks, mask, old_values, advantages.returns)
+        return stats
+
+    def _update_actor(self, batch: Batch, chunks: list[slice], mask: torch.Tensor, old_logp: torch.Tensor,
+                      ref_logp: torch.Tensor | None, advantages: torch.Tensor, normalizer: Any) -> dict[str, float]:
+        config = self.config
+        aggregate = AGGREGATIONS.get(self.aggregation)
+        kl_estimator = KL_ESTIMATORS.get(config.kl_estimator)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        totals: dict[str, float] = {}
+        for iteration in range(config.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for c in chunks:
+                logp, entropy = token_logprobs(self.models.policy, _rows(batch, c), config.temperature,
+                                               with_entropy=iteration == 0)
+                per_token, pstats = ppo_clip_loss(
+                    logp, old_logp[c], advantages[c], mask[c], eps_low=config.epsilon, eps_high=config.clip_high,
+                    dual_clip=config.dual_clip, ratio_level=config.ratio_level,
+                )
+                if ref_logp is not None and config.kl_in == "loss":
+                    per_token = per_token + config.beta * kl_estimator(logp, ref_logp[c])
+                loss = aggregate(per_token, mask[c], normalizer)
+                loss.backward()
+                loss_sum += float(loss.detach())
+                if iteration == 0:
+                    weight = float(mask[c].sum()) / max(float(mask.sum()), 1.0)
+                    for name, value in _stat_items(pstats):
+                        totals[name] = totals.get(name, 0.0) + weight * value
+                    if entropy is not None:
+                        totals["entropy"] = totals.get("entropy", 0.0) + weight * _masked_mean(entropy, mask[c])
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            if math.isfinite(grad_norm) and math.isfinite(loss_sum):
+                self.optimizer.step()
+            else:
+                self.skipped_steps += 1
+            if iteration == 0:
+                totals["loss"], totals["grad_norm"] = loss_sum, grad_norm
+        totals["skipped_updates"] = float(self.skipped_steps)
+        return totals
+
+    def _update_critic(self, batch: Batch, chunks: list[slice], mask: torch.Tensor, old_values: torch.Tensor,
+                       returns: torch.Tensor) -> dict[str, float]:
+        critic, optimizer = self.models.critic, self.critic_optimizer
+        assert critic is not None and optimizer is not None
+        critic.train()
+        tokens = max(float(mask.sum()), 1.0)
+        totals: dict[str, float] = {"value_loss": 0.0}
+        for _ in range(self.config.num_iterations):
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for c in chunks:
+                values = token_values(critic, _rows(batch, c))
+                per_token, vstats = value_loss(values, old_values[c], returns[c], mask[c], clip=self.config.cliprange_value)
+                loss = (per_token * mask[c]).sum() / tokens
+                loss.backward()
+                loss_sum += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), self.config.max_grad_norm)
+            optimizer.step()
+            totals["value_loss"] = loss_sum
+        critic.eval()
+        for name, value in _stat_items(vstats):
+            totals[f"critic/{name}"] = value
+        return totals
+
+
+def _collect(config: RLConfig, models: Models, task: Task, examples: list[Example], sampler: PromptSampler,
+             scorer: Scorer, prompt_cache: dict[int, list[int]], step: int) -> StepData:
+    """Sample and score one step's groups; with dynamic sampling, only groups whose rewards differ."""
+    tokenizer, group = models.tokenizer, config.num_generations
+    parts: list[tuple[Rollouts, list[Example], Scores]] = []
+    kept_groups, zero_share, rounds = 0, 0.0, 0
+    while kept_groups < config.prompts_per_step:
+        rounds += 1
+        if rounds > config.max_resample_rounds:
+            raise IncentivizeError(
+                f"step {step}: dynamic sampling found only {kept_groups} of {config.prompts_per_step} groups with "
+                f"differing rewards in {config.max_resample_rounds} rounds; raise max_resample_rounds, use an easier "
+                "task, or set dynamic_sampling=false"
+            )
+        indices = sampler.take(config.prompts_per_step - kept_groups)
+        for i in indices:
+            if i not in prompt_cache:
+                prompt_cache[i] = render_prompt(tokenizer, task.messages(examples[i]))
+        params = SamplingParams(
+            n=group, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+            max_new_tokens=config.max_completion_length, seed=config.seed * 1_000_003 + step * 101 + rounds,
+        )
+        rollouts = generate(models.policy, [prompt_cache[i] for i in indices], params,
+                            eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+        rows = [examples[i] for i in indices for _ in range(group)]
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rollouts.completion_token_lists()]
+        prompts = [tokenizer.decode(prompt_cache[i], skip_special_tokens=False) for i in indices for _ in range(group)]
+        scores = scorer(rows, prompts, texts, rollouts.completion_lengths)
+        by_group = scores.rewards.view(-1, group)
+        varied = _varies(by_group)  # (G_count,)
+        if rounds == 1:
+            zero_share = 1.0 - float(varied.float().mean())
+        keep = varied if config.dynamic_sampling and group > 1 else torch.ones_like(varied)
+        rows_kept = [g * group + j for g in keep.nonzero().flatten().tolist() for j in range(group)]
+        if rows_kept:
+            parts.append((rollouts.select(rows_kept), [rows[r] for r in rows_kept], _select_scores(scores, rows_kept)))
+            kept_groups += len(rows_kept) // group
+    rollouts = Rollouts.concat([p[0] for p in parts])
+    scores = Scores(
+        rewards=torch.cat([p[2].rewards for p in parts]), correct=torch.cat([p[2].correct for p in parts]),
+        components={k: [v for p in parts for v in p[2].components[k]] for k in parts[0][2].components},
+        errors=[e for p in parts for e in p[2].errors],
+    )
+    return StepData(rollouts, [e for p in parts for e in p[1]], scores, zero_share, rounds)
+
+
+def _varies(by_group: torch.Tensor) -> torch.Tensor:
+    """Per group: do its (non-NaN) rewards take more than one value?"""
+    filled_hi = torch.where(torch.isnan(by_group), -torch.inf, by_group).amax(dim=1)
+    filled_lo = torch.where(torch.isnan(by_group), torch.inf, by_group).amin(dim=1)
+    return filled_hi > filled_lo
+
+
+def _select_scores(scores: Scores, rows: list[int]) -> Scores:
+    index = torch.tensor(rows, dtype=torch.long)
+    return Scores(scores.rewards[index], scores.correct[index],
+                  {k: [v[r] for r in rows] for k, v in scores.components.items()}, scores.errors)
+
+
+def _rollout_metrics(data: StepData, config: RLConfig) -> dict[str, float]:
+    rewards, correct = data.scores.rewards, data.scores.correct
+    lengths = data.rollouts.completion_lengths.float()
+    valid = ~torch.isnan(rewards)
+    metrics = {
+        "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
+        "reward_std": float(rewards[valid].std()) if int(valid.sum()) > 1 else 0.0,
+        "accuracy": float(correct.float().mean()),
+        "completion_length": float(lengths.mean()),
+        "completion_length_correct": float(lengths[correct].mean()) if correct.any() else float("nan"),
+        "completion_length_incorrect": float(lengths[~correct].mean()) if (~correct).any() else float("nan"),
+        "truncated_share": sum(r == "length" for r in data.rollouts.finish_reasons) / len(data.rollouts),
+        "zero_variance_groups": data.zero_variance_share,
+        "reward_errors": float(len(data.scores.errors)),
+        "sampling_rounds": float(data.rounds),
+    }
+    for name, values in data.scores.components.items():
+        present = [v for v in values if v is not None]
+        if name != "correctness" and present:
+            metrics[f"reward/{name}"] = sum(present) / len(present)
+    return metrics
+
+
+def _write_samples(handle: Any, step: int, data: StepData, tokenizer: Any) -> None:
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in data.rollouts.completion_token_lists()]
+    for i, (example, text) in enumerate(zip(data.examples, texts)):
+        reward = float(data.scores.rewards[i])
+        handle.write(json.dumps({"step": step, "example_id": example.id, "completion": text, "gold": example.answer,
+                                 "reward": None if math.isnan(reward) else reward,
+                                 "correct": bool(data.scores.correct[i])}) + "\n")
+    handle.flush()
+
+
+def _estimator_params(config: RLConfig) -> dict[str, Any]:
+    if config.advantage == "grpo":
+        return {"scale": config.scale_rewards}
+    if config.advantage in ("reinforce_pp", "reinforce_pp_baseline"):
+        return {"gamma": config.gamma}
+    if config.advantage == "gae":
+        return {"gamma": config.gamma, "lam": config.lam}
+    return {}
+
+
+def _schedule(config: RLConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.lr_scheduler_type == "cosine":
+            span = max(1, config.max_steps - config.warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
+        return 1.0
+
+    return factor
+
+
+def _chunks(size: int, micro: int) -> list[slice]:
+    return [slice(i, min(i + micro, size)) for i in range(0, size, micro)]
+
+
+def _rows(batch: Batch, rows: slice) -> Batch:
+    return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows],
+                 batch.completion_ids[rows], batch.completion_mask[rows])
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((values * mask).sum() / mask.sum().clamp(min=1.0))
+
+
+def _stat_items(stats: Any) -> list[tuple[str, float]]:
+    fields = stats._asdict() if hasattr(stats, "_asdict") else vars(stats)
+    return [(name, float(value)) for name, value in fields.items()]
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def _examples(task: Task, split: str, limit: int | None) -> list[Example]:
+    try:
+        examples = task.examples(split, limit)
+    except ValueError as err:
+        raise IncentivizeError(f"task {task.name}: {err}") from None
+    if not examples:
+        raise IncentivizeError(f"task {task.name} has no {split} examples")
+    return examples
+
+
+def _make_run_dir(config: RLConfig) -> Path:
+    if config.output_dir:
+        run_dir = Path(config.output_dir)
+        if (run_dir / "metrics.jsonl").exists():
+            raise IncentivizeError(
+                f"{run_dir} already holds a run (metrics.jsonl); choose another --output-dir so nothing is overwritten"
+            )
+    else:
+        run_dir = Path("runs") / f"{config.algorithm}-{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    return run_dir

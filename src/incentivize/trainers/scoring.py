@@ -1,0 +1,86 @@
+"""Score completions: the task's verifier, optional format and user rewards, DAPO length shaping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from incentivize.rewards import call_reward_function, format_reward, reward_name
+from incentivize.tasks import Example, Task
+
+
+@dataclass
+class Scores:
+    """Per completion: the total reward (NaN = no reward, excluded from learning) and components."""
+
+    rewards: torch.Tensor  # (B,) float32
+    correct: torch.Tensor  # (B,) bool, the task verifier's verdict
+    components: dict[str, list[float | None]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # one text per failed user-reward call
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment: 0 up to `max_length - buffer`, then linearly down to -factor.
+
+    >>> overlong_penalty(torch.tensor([10, 56, 60, 64]), max_length=64, buffer=8).tolist()
+    [0.0, 0.0, -0.5, -1.0]
+    """
+    if buffer <= 0:
+        return torch.zeros(lengths.shape, dtype=torch.float32)
+    excess = (lengths.float() - (max_length - buffer)).clamp(min=0.0)
+    return -factor * (excess / buffer).clamp(max=1.0)
+
+
+class Scorer:
+    """Weighted sum of rewards: `correctness` (1 if the task verifies the answer) and the rest."""
+
+    def __init__(
+        self,
+        task: Task,
+        reward_functions: Sequence[Callable[..., Any]] = (),
+        weights: Sequence[float] | None = None,
+        format_weight: float = 0.0,
+        max_length: int = 0,
+        overlong_buffer: int = 0,
+        overlong_factor: float = 1.0,
+    ) -> None:
+        self.task = task
+        self.reward_functions = list(reward_functions)
+        self.weights = list(weights) if weights is not None else [1.0] * (1 + len(self.reward_functions))
+        self.format_weight = format_weight
+        self.max_length, self.overlong_buffer, self.overlong_factor = max_length, overlong_buffer, overlong_factor
+
+    def __call__(self, examples: Sequence[Example], prompts: Sequence[str], completions: Sequence[str],
+                 lengths: torch.Tensor) -> Scores:
+        verdicts = [self.task.verify(e, c) for e, c in zip(examples, completions)]
+        correct = torch.tensor([v.correct for v in verdicts], dtype=torch.bool)
+        total = self.weights[0] * correct.float()
+        scores = Scores(total, correct, {"correctness": correct.float().tolist()})
+        if self.format_weight:
+            formats = format_reward(list(prompts), list(completions))
+            scores.components["format"] = list(formats)
+            total = total + self.format_weight * torch.tensor(formats)
+        columns = _columns(examples)
+        for fn, weight in zip(self.reward_functions, self.weights[1:]):
+            call = call_reward_function(fn, list(prompts), list(completions), columns)
+            scores.components[reward_name(fn)] = call.values
+            failed = torch.tensor([e is not None for e in call.errors])
+            values = torch.tensor([0.0 if v is None else v for v in call.values])  # None: does not apply
+            total = torch.where(failed, torch.nan, total + weight * values)
+            scores.errors += [e for e in call.errors if e is not None]
+        if self.overlong_buffer:
+            penalty = overlong_penalty(lengths, self.max_length, self.overlong_buffer, self.overlong_factor)
+            scores.components["overlong"] = penalty.tolist()
+            total = total + penalty
+        scores.rewards = total.float()
+        return scores
+
+
+def _columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {"answer": [e.answer for e in examples]}
+    for key in sorted({k for e in examples for k in e.columns}):
+        columns[key] = [e.columns.get(key) for e in examples]
+    return columns
