@@ -44,7 +44,7 @@ def test_grpo_changes_every_trained_parameter_and_logs_each_step(tmp_path):
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for key in ["loss", "reward_mean", "reward_std", "accuracy", "kl", "entropy", "clip_frac_low", "clip_frac_high",
-                "completion_length", "completion_length_incorrect", "zero_variance_groups", "time/rollout",
+                "completion_length", "completion_length_incorrect", "zero_variance_groups", "time/generate", "time/score",
                 "time/learn", "tokens_per_second", "grad_norm"]:
         assert key in rows[0], key
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first rollout is sampled by the reference itself

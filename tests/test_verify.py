@@ -65,7 +65,7 @@ def test_math_verify_errors_mean_no_match(monkeypatch: pytest.MonkeyPatch) -> No
         raise RuntimeError("boom")
 
     monkeypatch.setattr(math_verify, "verify", broken)
-    assert not answers_match("\\frac{1}{2}", "0.5")
+    assert not answers_match("\\sqrt{4}/2", "\\frac{\\sqrt{2}}{\\sqrt{2}}")
 
 
 def _slow_verify(*args: object, **kwargs: object) -> bool:
@@ -76,7 +76,7 @@ def _slow_verify(*args: object, **kwargs: object) -> bool:
 def test_timeout_in_main_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(math_verify, "verify", _slow_verify)
     start = time.monotonic()
-    assert not answers_match("\\frac{1}{2}", "0.5", timeout_s=0.2)
+    assert not answers_match("\\sqrt{4}/2", "\\frac{\\sqrt{2}}{\\sqrt{2}}", timeout_s=0.2)
     assert time.monotonic() - start < 1.2
 
 
@@ -84,7 +84,7 @@ def test_timeout_in_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(math_verify, "verify", _slow_verify)
     outcome: list[bool] = []
     start = time.monotonic()
-    worker = threading.Thread(target=lambda: outcome.append(answers_match("\\frac{1}{2}", "0.5", timeout_s=0.2)))
+    worker = threading.Thread(target=lambda: outcome.append(answers_match("\\sqrt{4}/2", "\\frac{\\sqrt{2}}{\\sqrt{2}}", timeout_s=0.2)))
     worker.start()
     worker.join(5)
     assert outcome == [False]
@@ -111,3 +111,13 @@ def test_main_thread_alarm_is_cleaned_up() -> None:
 def test_rejects_nonpositive_timeout() -> None:
     with pytest.raises(ValueError):
         answers_match("1", "1", timeout_s=0)
+
+
+def test_a_calculation_is_not_an_answer_to_a_number() -> None:
+    # what a policy learned within 15 GRPO steps when the verifier evaluated expressions
+    assert not answers_match("8 * 7 * 9", "504")
+    assert not answers_match("8 - 3 + 3", "8")
+    assert not answers_match("56/7", "8") and not answers_match("\\frac{2}{4}", "0.5")
+    assert answers_match("\\frac{1}{2}", "0.5") and answers_match("-3/4", "-0.75") and answers_match("504.0", "504")
+    assert answers_match("\\sqrt{4}/2", "1") is False
+    assert answers_match("2\\sqrt{2}", "\\sqrt{8}")  # symbolic golds still go to math-verify

@@ -14,6 +14,7 @@ class ProgressReporter:
     def __init__(self, description: str, total: int, out: Console) -> None:
         self.description, self.total, self.out = description, max(total, 1), out
         self.done, self.next_report, self.started = 0, 0.1, time.perf_counter()
+        self.first: tuple[float, int] | None = None
         self.bar: Progress | None = None
         if out.is_terminal:
             self.bar = Progress(
@@ -38,10 +39,15 @@ class ProgressReporter:
         if self.bar is not None:
             self.bar.update(self.job, advance=n, status=status)
             return
+        now = time.perf_counter()
+        if self.first is None:  # rate from the first unit on: setup before it is not work
+            self.first = (now, self.done)
         share = self.done / self.total
         if share >= self.next_report or self.done >= self.total:
-            elapsed = time.perf_counter() - self.started
-            eta = elapsed / share - elapsed if share > 0 else 0.0
+            elapsed = now - self.started
+            since, done_then = self.first
+            rate = (now - since) / (self.done - done_then) if self.done > done_then else elapsed / self.done
+            eta = rate * (self.total - self.done)
             line = f"{self.description} {self.done}/{self.total} ({share:.0%}) {elapsed:.0f}s elapsed, eta {eta:.0f}s"
             self.out.print(f"{line} {status}".rstrip(), highlight=False)
             while self.next_report <= share:

@@ -23,6 +23,7 @@ that never returns to Python delays the signal until it does.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import signal
 import threading
@@ -72,6 +73,24 @@ def _as_fraction(s: str) -> Fraction | None:
     if match and int(match["den"]) != 0:
         return Fraction(int(match["num"]), int(match["den"]))
     return None
+
+
+_LATEX_FRACTION = re.compile(r"\\[dt]?frac\{\s*(?P<num>-?\d+)\s*\}\{\s*(?P<den>\d+)\s*\}")
+
+
+def _as_number_literal(s: str) -> Fraction | None:
+    """``s`` as a value if it is written as a number: a decimal, or a fraction in lowest terms
+    (``3/4``, ``\\frac{3}{4}``). ``56/7`` or ``8 * 7`` are calculations, not answers."""
+    number = normalize_number(s)
+    if number is not None:
+        return Fraction(number)
+    match = _SIMPLE_FRACTION.fullmatch(s.strip()) or _LATEX_FRACTION.fullmatch(s.strip().strip("$"))
+    if match is None:
+        return None
+    numerator, denominator = int(match["num"]), int(match["den"])
+    if denominator <= 1 or math.gcd(numerator, denominator) != 1:
+        return None
+    return Fraction(numerator, denominator)
 
 
 def _as_latex(s: str) -> str:
@@ -143,14 +162,20 @@ def answers_match(predicted: str | None, gold: str, *, timeout_s: float = 5.0) -
     (True, True)
     >>> answers_match("\\\\frac{1}{2}", "0.5"), answers_match("3", "4"), answers_match(None, "4")
     (True, False, False)
+    >>> answers_match("8 * 7 * 9", "504"), answers_match("56/7", "8")  # calculations are not answers
+    (False, False)
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     if predicted is None or not predicted.strip() or not gold.strip():
         return False
-    predicted_number, gold_number = _as_fraction(predicted), _as_fraction(gold)
-    if predicted_number is not None and gold_number is not None:
-        return predicted_number == gold_number
+    gold_number = _as_fraction(gold)
+    if gold_number is not None:
+        # A numeric gold answer needs a number back: otherwise restating the question
+        # ("Answer: 8 * 7 * 9") would be graded by evaluating it. Policies trained by RL find
+        # that loophole within a few steps.
+        predicted_number = _as_number_literal(predicted)
+        return predicted_number is not None and predicted_number == gold_number
 
     def work() -> bool:
         try:

@@ -82,6 +82,27 @@ def check_step(line: str) -> bool | None:
     return apply(int(a), op, int(b)) == int(c)
 
 
+def step_reward(prompts: list, completions: list, intermediate: list[list[int]], **_: object) -> list[float]:
+    """Partial credit: the share of the reference's intermediate results that the completion
+    states as the result of a correct step (`a op b = c`, checked by `check_step`).
+
+    A reward function with TRL's signature, for `rewards: [incentivize.tasks.arithmetic:step_reward]`.
+    Writing true but irrelevant steps (`1 + 1 = 2`) earns nothing: only the problem's own
+    intermediate values count.
+
+    >>> step_reward(["p"], ["6 - 5 = 1\\n1 + 6 = 7\\nAnswer: 7"], intermediate=[[1, 7]])
+    [1.0]
+    >>> step_reward(["p"], ["6 - 5 = 1\\n1 + 6 = 8"], intermediate=[[1, 7]])
+    [0.5]
+    """
+    rewards = []
+    for completion, targets in zip(completions, intermediate):
+        text = completion if isinstance(completion, str) else completion[-1]["content"]
+        shown = {int(line.rsplit("=", 1)[1]) for line in text.splitlines() if check_step(line)}
+        rewards.append(sum(t in shown for t in targets) / len(targets) if targets else 0.0)
+    return rewards
+
+
 class Arithmetic(Task):
     """Seeded arithmetic chains; knobs: `num_ops`, `digits`, `word_problems`."""
 
@@ -128,7 +149,7 @@ class Arithmetic(Task):
                     question=self._question(problem, index),
                     answer=str(problem.answer()),
                     solution=problem.solution(),
-                    columns={"expression": expression},
+                    columns={"expression": expression, "intermediate": [c for *_, c in problem.steps()]},
                 )
             )
         return out

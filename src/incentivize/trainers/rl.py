@@ -67,6 +67,8 @@ class StepData:
     scores: Scores
     zero_variance_share: float  # of the groups first sampled this step
     rounds: int
+    generate_seconds: float
+    score_seconds: float
 
 
 Callback = Callable[[int, dict[str, Any]], None]
@@ -111,7 +113,7 @@ def train(config: RLConfig, *, on_step: Callback | None = None, on_event: Callab
             stats = learner.step(data, train_actor=step > config.critic_warmup_steps)
             t2 = time.perf_counter()
             metrics = {"step": step, **_rollout_metrics(data, config), **stats,
-                       "time/rollout": t1 - t0, "time/learn": t2 - t1,
+                       "time/generate": data.generate_seconds, "time/score": data.score_seconds, "time/learn": t2 - t1,
                        "tokens_per_second": float(data.rollouts.completion_mask.sum()) / (t2 - t0)}
             metrics_file.write(json.dumps(_plain(metrics)) + "\n")
             metrics_file.flush()
@@ -265,6 +267,7 @@ def _collect(config: RLConfig, models: Models, task: Task, examples: list[Exampl
     tokenizer, group = models.tokenizer, config.num_generations
     parts: list[tuple[Rollouts, list[Example], Scores]] = []
     kept_groups, zero_share, rounds = 0, 0.0, 0
+    generate_seconds = score_seconds = 0.0
     while kept_groups < config.prompts_per_step:
         rounds += 1
         if rounds > config.max_resample_rounds:
@@ -281,12 +284,16 @@ def _collect(config: RLConfig, models: Models, task: Task, examples: list[Exampl
             n=group, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
             max_new_tokens=config.max_completion_length, seed=config.seed * 1_000_003 + step * 101 + rounds,
         )
+        started = time.perf_counter()
         rollouts = generate(models.policy, [prompt_cache[i] for i in indices], params,
                             eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+        generated = time.perf_counter()
+        generate_seconds += generated - started
         rows = [examples[i] for i in indices for _ in range(group)]
         texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rollouts.completion_token_lists()]
         prompts = [tokenizer.decode(prompt_cache[i], skip_special_tokens=False) for i in indices for _ in range(group)]
         scores = scorer(rows, prompts, texts, rollouts.completion_lengths)
+        score_seconds += time.perf_counter() - generated
         by_group = scores.rewards.view(-1, group)
         varied = _varies(by_group)  # (G_count,)
         if rounds == 1:
@@ -302,7 +309,8 @@ def _collect(config: RLConfig, models: Models, task: Task, examples: list[Exampl
         components={k: [v for p in parts for v in p[2].components[k]] for k in parts[0][2].components},
         errors=[e for p in parts for e in p[2].errors],
     )
-    return StepData(rollouts, [e for p in parts for e in p[1]], scores, zero_share, rounds)
+    return StepData(rollouts, [e for p in parts for e in p[1]], scores, zero_share, rounds,
+                    generate_seconds, score_seconds)
 
 
 def _varies(by_group: torch.Tensor) -> torch.Tensor:
