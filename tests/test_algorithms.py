@@ -253,8 +253,8 @@ def test_one_batch_equals_its_micro_batches(aggregation):
 def test_normalizers_and_loss_types():
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     assert global_normalizer("token_mean", mask, 3).item() == 3
-    assert global_normalizer("seq_mean_token_mean", mask, 3).item() == 2
-    assert global_normalizer("seq_mean_token_sum_norm", mask, 64).item() == 128  # Dr. GRPO: sequences x L_max
+    assert global_normalizer("seq_mean_token_mean", mask, 3).item() == 3  # every row counts, as in TRL
+    assert global_normalizer("seq_mean_token_sum_norm", mask, 64).item() == 192  # Dr. GRPO: sequences x L_max
     per_token = torch.tensor([[1.0, 3.0, 100.0], [5.0, 100.0, 100.0], [7.0, 7.0, 7.0]])
     assert AGGREGATIONS.get("seq_mean_token_mean")(per_token, mask, 2.0).item() == pytest.approx((2.0 + 5.0) / 2)
     assert AGGREGATIONS.get("token_mean")(per_token, mask, 3.0).item() == pytest.approx(3.0)
