@@ -93,3 +93,27 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, fragments):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = _cli("eval", "--model", "tiny-random", "--limit", 1, "--samples", 0, *args, "--output", tmp_path / "o")
     _assert_one_line_error(result, *fragments)
+
+
+def test_train_smoke_run_as_in_the_readme(tmp_path):
+    result = _cli("train", "grpo", "--model", "tiny-random", "--task", "arithmetic", "--set", "max_steps=2",
+                  "--set", "generation_batch_size=8", "--set", "max_completion_length=8", "--set", "eval_limit=4",
+                  "--output-dir", "runs/smoke", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "smoke"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (run / "final" / "config.json").exists() and (run / "final" / "model.safetensors").exists()
+    assert "greedy_accuracy" in result.stdout and "before" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["grpo", "--set", "bta=0.1"], ["unknown config key 'bta'", "did you mean 'beta'"]),
+        (["grpo", "--set", "num_generations=3"], ["multiple of num_generations"]),
+        (["grpoo"], ["unknown algorithm 'grpoo'"]),
+        (["grpo", "--config", "missing.yaml"], ["missing.yaml does not exist"]),
+    ],
+)
+def test_train_bad_config_is_one_clear_line(tmp_path, args, fragments):
+    _assert_one_line_error(_cli("train", *args, cwd=tmp_path), *fragments)

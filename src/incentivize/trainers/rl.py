@@ -115,11 +115,11 @@ def train(config: RLConfig, *, on_step: Callback | None = None, on_event: Callab
             metrics = {"step": step, **_rollout_metrics(data, config), **stats,
                        "time/generate": data.generate_seconds, "time/score": data.score_seconds, "time/learn": t2 - t1,
                        "tokens_per_second": float(data.rollouts.completion_mask.sum()) / (t2 - t0)}
+            if config.eval_steps and step % config.eval_steps == 0 and step < config.max_steps:
+                metrics["eval/greedy_accuracy"] = evaluate_now(f"step-{step}")["greedy_accuracy"]
             metrics_file.write(json.dumps(_plain(metrics)) + "\n")
             metrics_file.flush()
             _write_samples(samples_file, step, data, models.tokenizer)
-            if config.eval_steps and step % config.eval_steps == 0 and step < config.max_steps:
-                metrics["eval/greedy_accuracy"] = evaluate_now(f"step-{step}")["greedy_accuracy"]
             if on_step is not None:
                 on_step(step, metrics)
             if config.save_steps and step % config.save_steps == 0:
