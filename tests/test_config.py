@@ -12,6 +12,7 @@ def test_presets_then_yaml_then_overrides(tmp_path):
     assert config.task_options == {"num_ops": 3, "digits": 2}
     assert config.lora_target_modules == ["q_proj", "v_proj"]
     assert config.advantage == "grpo" and config.kl_estimator == "k3"
+    assert load_config("grpo").beta == 0.0 and load_config("rloo").beta == 0.05
     assert load_config("ppo").advantage == "gae" and load_config("ppo").kl_in == "reward"
     assert load_config("dapo").clip_high == 0.28 and load_config("grpo").clip_high == 0.2
 

@@ -36,7 +36,7 @@ def _initial_weights():
 
 
 def test_grpo_changes_every_trained_parameter_and_logs_each_step(tmp_path):
-    result = train(_config(tmp_path))
+    result = train(_config(tmp_path, "grpo", "beta=0.04"))
     initial = _initial_weights()
     trained, _ = load(result.run_dir / "final")
     for name, parameter in trained.named_parameters():
@@ -56,7 +56,7 @@ def test_grpo_changes_every_trained_parameter_and_logs_each_step(tmp_path):
 def test_the_final_model_loads_in_transformers_and_lora_trains_adapters_only(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    result = train(_config(tmp_path, "grpo", "use_peft=true", "lora_r=4", "learning_rate=1e-2"))
+    result = train(_config(tmp_path, "grpo", "use_peft=true", "lora_r=4", "learning_rate=1e-2", "beta=0.04"))
     model = AutoModelForCausalLM.from_pretrained(result.run_dir / "final")
     assert "quantization_config" not in model.config.to_dict()
     initial = _initial_weights()
@@ -73,7 +73,7 @@ def test_micro_batching_does_not_change_the_gradient(tmp_path):
     from incentivize.trainers.sampler import PromptSampler
     from incentivize.trainers.scoring import Scorer
 
-    config = _config(tmp_path, "grpo", "micro_batch_size=8")
+    config = _config(tmp_path, "grpo", "micro_batch_size=8", "beta=0.04")
     task = load_task("arithmetic")
     examples = task.examples("train", 20)
     scorer = Scorer(task, [load_reward_function(f"{tmp_path}/rewards.py:length")], [0.0, 1.0])

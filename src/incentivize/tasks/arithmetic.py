@@ -104,12 +104,17 @@ def step_reward(prompts: list, completions: list, intermediate: list[list[int]],
 
 
 class Arithmetic(Task):
-    """Seeded arithmetic chains; knobs: `num_ops`, `digits`, `word_problems`."""
+    """Seeded arithmetic chains; knobs: `num_ops`, `digits`, `word_problems`.
+
+    The default (one operation on 2-digit numbers, `85 + 30`) is where SmolLM2-135M-Instruct is
+    clearly above zero and far from perfect (24% greedy on 100 held-out problems), so RL gets a
+    reward in most groups; two 1-digit operations score 4% and give most groups no signal.
+    """
 
     name = "arithmetic"
     max_new_tokens = 128
 
-    def __init__(self, num_ops: int = 2, digits: int = 1, word_problems: bool = False, seed: int = 0) -> None:
+    def __init__(self, num_ops: int = 1, digits: int = 2, word_problems: bool = False, seed: int = 0) -> None:
         if num_ops < 1 or digits < 1:
             raise ValueError("num_ops and digits must be at least 1")
         self.num_ops, self.digits, self.word_problems, self.seed = num_ops, digits, word_problems, seed
