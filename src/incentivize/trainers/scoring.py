@@ -31,7 +31,7 @@ def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor
     if buffer <= 0:
         return torch.zeros(lengths.shape, dtype=torch.float32)
     excess = (lengths.float() - (max_length - buffer)).clamp(min=0.0)
-    return -factor * (excess / buffer).clamp(max=1.0)
+    return 0.0 - factor * (excess / buffer).clamp(max=1.0)  # 0.0 - x: no negative zeros
 
 
 class Scorer:
