@@ -84,6 +84,8 @@ def test_a_reward_function_that_always_fails_is_an_error_but_results_are_kept(tm
         (["--reward", "{tmp}/missing.py:f"], ["missing.py"]),
         (["--reward", "{tmp}/rewards.py:nothere"], ["nothere", "picky"]),
         (["--temperature", "-1"], ["--temperature"]),
+        (["--num-ops", "0"], ["num_ops and digits must be at least 1"]),
+        (["--split", "validation"], ["splits 'train' and 'test'"]),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, fragments):

@@ -89,10 +89,7 @@ def eval_command(
         task, data=data, prompt_field=prompt_field, answer_field=answer_field,
         num_ops=num_ops, digits=digits, word_problems=word_problems,
     )
-    try:
-        examples = the_task.examples(split, limit)
-    except ValueError as err:
-        raise IncentivizeError(f"task {task}: {err}") from None
+    examples = the_task.examples(split, limit)
     settings = _settings(EvalSettings, samples=samples, temperature=temperature, top_p=top_p, top_k=top_k,
                          max_new_tokens=max_new_tokens or the_task.max_new_tokens, batch_size=batch_size, seed=seed)
     output = output or Path("results") / f"eval-{task}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from incentivize.eval.metrics import maj_at_k, mean_pass_at_k
 from incentivize.rewards import call_reward_function, reward_name
 from incentivize.rollout import SamplingParams, generate
-from incentivize.tasks import Example, Task, render_prompt
+from incentivize.tasks import Example, Task, render_prompt, reward_columns
 
 
 class EvalSettings(BaseModel):
@@ -152,10 +152,7 @@ def _score_rewards(
     errors: dict[str, list[str]] = {}
     for fn in reward_functions:
         name = reward_name(fn)
-        rows = [by_id[r.example_id] for r in records]
-        columns: dict[str, list[Any]] = {"answer": [e.answer for e in rows]}
-        for key in sorted({k for e in rows for k in e.columns}):
-            columns[key] = [e.columns.get(key) for e in rows]
+        columns = reward_columns([by_id[r.example_id] for r in records])
         call = call_reward_function(fn, [r.prompt for r in records], [r.completion for r in records], columns)
         for record, value in zip(records, call.values):
             record.rewards[name] = value

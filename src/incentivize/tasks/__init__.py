@@ -8,7 +8,7 @@ from typing import Any
 from incentivize.algorithms.registry import Registry
 from incentivize.errors import IncentivizeError
 from incentivize.tasks.arithmetic import Arithmetic
-from incentivize.tasks.base import Example, Task, Verdict, render_prompt
+from incentivize.tasks.base import Example, Task, Verdict, render_prompt, reward_columns
 from incentivize.tasks.gsm8k import GSM8K
 from incentivize.tasks.jsonl import JsonlTask
 
@@ -32,4 +32,4 @@ def load_task(name: str, **options: Any) -> Task:
     return cls(**given)
 
 
-__all__ = ["TASKS", "Example", "Task", "Verdict", "load_task", "render_prompt"]
+__all__ = ["TASKS", "Example", "Task", "Verdict", "load_task", "render_prompt", "reward_columns"]

@@ -18,6 +18,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from incentivize.errors import IncentivizeError
 from incentivize.tasks.base import Example, Task
 
 OPS = "+-*"
@@ -116,7 +117,7 @@ class Arithmetic(Task):
 
     def __init__(self, num_ops: int = 1, digits: int = 2, word_problems: bool = False, seed: int = 0) -> None:
         if num_ops < 1 or digits < 1:
-            raise ValueError("num_ops and digits must be at least 1")
+            raise IncentivizeError(f"arithmetic: num_ops and digits must be at least 1 (got {num_ops}, {digits})")
         self.num_ops, self.digits, self.word_problems, self.seed = num_ops, digits, word_problems, seed
 
     def problem(self, index: int) -> Problem:
@@ -136,7 +137,7 @@ class Arithmetic(Task):
 
     def examples(self, split: str = "test", limit: int | None = None) -> list[Example]:
         if split not in ("train", "test"):
-            raise ValueError(f"arithmetic has splits 'train' and 'test', not {split!r}")
+            raise IncentivizeError(f"arithmetic has splits 'train' and 'test', not {split!r}")
         wanted = limit if limit is not None else (1000 if split == "test" else 10000)
         seen: set[str] = set()
         out: list[Example] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,15 @@ class Task(ABC):
         """Extract the final answer from `completion` and compare it with the gold answer."""
         extracted = extract_answer(completion)
         return Verdict(extracted, extracted is not None and answers_match(extracted, example.answer))
+
+
+def reward_columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
+    """The extra columns reward functions receive, one list per field: the gold `answer` and each
+    example's own `columns` (None where an example lacks one)."""
+    columns: dict[str, list[Any]] = {"answer": [e.answer for e in examples]}
+    for key in sorted({k for e in examples for k in e.columns}):
+        columns[key] = [e.columns.get(key) for e in examples]
+    return columns
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

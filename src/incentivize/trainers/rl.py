@@ -112,7 +112,7 @@ def train(config: RLConfig, *, on_step: Callback | None = None, on_event: Callab
             t1 = time.perf_counter()
             stats = learner.step(data, train_actor=step > config.critic_warmup_steps)
             t2 = time.perf_counter()
-            metrics = {"step": step, **_rollout_metrics(data, config), **stats,
+            metrics = {"step": step, **_rollout_metrics(data), **stats,
                        "time/generate": data.generate_seconds, "time/score": data.score_seconds, "time/learn": t2 - t1,
                        "tokens_per_second": float(data.rollouts.completion_mask.sum()) / (t2 - t0)}
             if config.eval_steps and step % config.eval_steps == 0 and step < config.max_steps:
@@ -326,7 +326,7 @@ def _select_scores(scores: Scores, rows: list[int]) -> Scores:
                   {k: [v[r] for r in rows] for k, v in scores.components.items()}, scores.errors)
 
 
-def _rollout_metrics(data: StepData, config: RLConfig) -> dict[str, float]:
+def _rollout_metrics(data: StepData) -> dict[str, float]:
     rewards, correct = data.scores.rewards, data.scores.correct
     lengths = data.rollouts.completion_lengths.float()
     valid = ~torch.isnan(rewards)
@@ -404,10 +404,7 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _examples(task: Task, split: str, limit: int | None) -> list[Example]:
-    try:
-        examples = task.examples(split, limit)
-    except ValueError as err:
-        raise IncentivizeError(f"task {task.name}: {err}") from None
+    examples = task.examples(split, limit)
     if not examples:
         raise IncentivizeError(f"task {task.name} has no {split} examples")
     return examples

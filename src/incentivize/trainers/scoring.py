@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from incentivize.rewards import call_reward_function, format_reward, reward_name
-from incentivize.tasks import Example, Task
+from incentivize.tasks import Example, Task, reward_columns
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Scorer:
             formats = format_reward(list(prompts), list(completions))
             scores.components["format"] = list(formats)
             total = total + self.format_weight * torch.tensor(formats)
-        columns = _columns(examples)
+        columns = reward_columns(examples)
         for fn, weight in zip(self.reward_functions, self.weights[1:]):
             call = call_reward_function(fn, list(prompts), list(completions), columns)
             scores.components[reward_name(fn)] = call.values
@@ -77,10 +77,3 @@ class Scorer:
             total = total + penalty
         scores.rewards = total.float()
         return scores
-
-
-def _columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = {"answer": [e.answer for e in examples]}
-    for key in sorted({k for e in examples for k in e.columns}):
-        columns[key] = [e.columns.get(key) for e in examples]
-    return columns
