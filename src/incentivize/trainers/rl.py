@@ -69,6 +69,7 @@ class StepData:
     rounds: int
     generate_seconds: float
     score_seconds: float
+    texts: list[str]  # decoded completions, one per row
 
 
 Callback = Callable[[int, dict[str, Any]], None]
@@ -119,7 +120,7 @@ def train(config: RLConfig, *, on_step: Callback | None = None, on_event: Callab
                 metrics["eval/greedy_accuracy"] = evaluate_now(f"step-{step}")["greedy_accuracy"]
             metrics_file.write(json.dumps(_plain(metrics)) + "\n")
             metrics_file.flush()
-            _write_samples(samples_file, step, data, models.tokenizer)
+            _write_samples(samples_file, step, data)
             if on_step is not None:
                 on_step(step, metrics)
             if config.save_steps and step % config.save_steps == 0:
@@ -265,7 +266,7 @@ def _collect(config: RLConfig, models: Models, task: Task, examples: list[Exampl
              scorer: Scorer, prompt_cache: dict[int, list[int]], step: int) -> StepData:
     """Sample and score one step's groups; with dynamic sampling, only groups whose rewards differ."""
     tokenizer, group = models.tokenizer, config.num_generations
-    parts: list[tuple[Rollouts, list[Example], Scores]] = []
+    parts: list[tuple[Rollouts, list[Example], Scores, list[str]]] = []
     kept_groups, zero_share, rounds = 0, 0.0, 0
     generate_seconds = score_seconds = 0.0
     while kept_groups < config.prompts_per_step:
@@ -291,7 +292,8 @@ def _collect(config: RLConfig, models: Models, task: Task, examples: list[Exampl
         generate_seconds += generated - started
         rows = [examples[i] for i in indices for _ in range(group)]
         texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rollouts.completion_token_lists()]
-        prompts = [tokenizer.decode(prompt_cache[i], skip_special_tokens=False) for i in indices for _ in range(group)]
+        prompt_texts = [tokenizer.decode(prompt_cache[i], skip_special_tokens=False) for i in indices]
+        prompts = [text for text in prompt_texts for _ in range(group)]
         scores = scorer(rows, prompts, texts, rollouts.completion_lengths)
         score_seconds += time.perf_counter() - generated
         by_group = scores.rewards.view(-1, group)
@@ -301,7 +303,8 @@ def _collect(config: RLConfig, models: Models, task: Task, examples: list[Exampl
         keep = varied if config.dynamic_sampling and group > 1 else torch.ones_like(varied)
         rows_kept = [g * group + j for g in keep.nonzero().flatten().tolist() for j in range(group)]
         if rows_kept:
-            parts.append((rollouts.select(rows_kept), [rows[r] for r in rows_kept], _select_scores(scores, rows_kept)))
+            parts.append((rollouts.select(rows_kept), [rows[r] for r in rows_kept], _select_scores(scores, rows_kept),
+                          [texts[r] for r in rows_kept]))
             kept_groups += len(rows_kept) // group
     rollouts = Rollouts.concat([p[0] for p in parts])
     scores = Scores(
@@ -310,7 +313,7 @@ def _collect(config: RLConfig, models: Models, task: Task, examples: list[Exampl
         errors=[e for p in parts for e in p[2].errors],
     )
     return StepData(rollouts, [e for p in parts for e in p[1]], scores, zero_share, rounds,
-                    generate_seconds, score_seconds)
+                    generate_seconds, score_seconds, [t for p in parts for t in p[3]])
 
 
 def _varies(by_group: torch.Tensor) -> torch.Tensor:
@@ -349,9 +352,8 @@ def _rollout_metrics(data: StepData) -> dict[str, float]:
     return metrics
 
 
-def _write_samples(handle: Any, step: int, data: StepData, tokenizer: Any) -> None:
-    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in data.rollouts.completion_token_lists()]
-    for i, (example, text) in enumerate(zip(data.examples, texts)):
+def _write_samples(handle: Any, step: int, data: StepData) -> None:
+    for i, (example, text) in enumerate(zip(data.examples, data.texts)):
         reward = float(data.scores.rewards[i])
         handle.write(json.dumps({"step": step, "example_id": example.id, "completion": text, "gold": example.answer,
                                  "reward": None if math.isnan(reward) else reward,
