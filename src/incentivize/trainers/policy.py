@@ -14,6 +14,7 @@ from incentivize.algorithms.logprobs import entropy_from_logits, selective_log_s
 from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError
 from incentivize.models import load
+from incentivize.models.cache import cache_argument
 from incentivize.models.heads import ValueModel
 from incentivize.rollout import Rollouts
 
@@ -68,46 +69,108 @@ def _with_lora(model: Any, config: RLConfig) -> Any:
 
 @dataclass
 class Batch:
-    """The learner's view of some rollout rows: model inputs and where the completion starts."""
+    """The learner's view of some rollout rows: prompts, completions, and which rows share a prompt.
 
-    input_ids: torch.Tensor  # (B, P + T)
-    attention_mask: torch.Tensor  # (B, P + T)
-    position_ids: torch.Tensor  # (B, P + T)
-    completion_ids: torch.Tensor  # (B, T)
+    Rows of one group (the same prompt) are contiguous and carry the same `prompt_index`.
+    `width` is the completion width of the whole rollout batch: per-token results come back at that
+    width (zero beyond each row's completion) even when a micro-batch computes on fewer columns.
+    """
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P)
+    completion_ids: torch.Tensor  # (B, T) right-padded
     completion_mask: torch.Tensor  # (B, T)
+    prompt_index: torch.Tensor  # (B,)
+    width: int
 
     @classmethod
     def from_rollouts(cls, rollouts: Rollouts) -> Batch:
-        attention = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1)
-        return cls(
-            input_ids=torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1),
-            attention_mask=attention,
-            position_ids=(attention.cumsum(dim=1) - 1).clamp(min=0),
-            completion_ids=rollouts.completion_ids,
-            completion_mask=rollouts.completion_mask,
-        )
+        return cls(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids, rollouts.completion_mask,
+                   rollouts.prompt_index, rollouts.completion_ids.shape[1])
+
+    def rows(self, rows: slice) -> Batch:
+        """Rows `rows`, trimmed to the padding they need (prompt columns on the left, completion on the right)."""
+        prompt_mask, completion_mask = self.prompt_mask[rows], self.completion_mask[rows]
+        used = (prompt_mask.sum(dim=0) > 0).nonzero()
+        start = int(used.min()) if len(used) else prompt_mask.shape[1]
+        end = max(int(completion_mask.sum(dim=1).max()), 1) if len(completion_mask) else 1
+        return Batch(self.prompt_ids[rows, start:], prompt_mask[:, start:], self.completion_ids[rows, :end],
+                     completion_mask[:, :end], self.prompt_index[rows], self.width)
+
+    def full_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask and position_ids of prompt + completion, (B, P + T) each."""
+        attention = torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+        return (torch.cat([self.prompt_ids, self.completion_ids], dim=1), attention,
+                (attention.cumsum(dim=1) - 1).clamp(min=0))
+
+    def pad(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, T') per-token values -> (B, width), zero on the right."""
+        return torch.nn.functional.pad(values, (0, self.width - values.shape[1]))
 
 
 def token_logprobs(
-    model: Any, batch: Batch, temperature: float, *, with_entropy: bool = False, grad: bool = True
+    model: Any, batch: Batch, temperature: float, *, share_prompt: bool = True, with_entropy: bool = False,
+    grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(completion token) at `temperature`, (B, T); and the policy entropy per token if asked."""
-    width = batch.completion_ids.shape[1]
+    """log pi(completion token) at `temperature`, (B, width); and the policy entropy per token if asked.
+
+    With `share_prompt`, each distinct prompt of the batch goes through the model once and its KV
+    cache serves all its completions (the 8 completions of a GRPO group share one prompt), in the
+    forward and in the backward pass; the result equals the plain full-sequence forward up to float
+    rounding.
+    """
     with nullcontext() if grad else torch.no_grad():
-        logits = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-            logits_to_keep=width + 1, use_cache=False,
-        ).logits[:, :-1] / temperature  # (B, T, V): position p predicts token p + 1
-        logp = selective_log_softmax(logits, batch.completion_ids)
+        logits = (_shared_prompt_logits if share_prompt else _full_logits)(model, batch)  # (B, T, V)
+        if temperature != 1.0:
+            logits = logits / temperature
+        # one sequence at a time: the float32 temporaries of the softmax stay at (T, V)
+        logp = batch.pad(selective_log_softmax(logits, batch.completion_ids, chunk_size=1))
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            entropy = entropy_from_logits(logits.detach())
+            entropy = batch.pad(entropy_from_logits(logits.detach(), chunk_size=1))
     return logp, entropy
 
 
-def token_values(critic: ValueModel, batch: Batch) -> torch.Tensor:
-    """The critic's value of the state before each completion token, (B, T)."""
+def _full_logits(model: Any, batch: Batch) -> torch.Tensor:
+    """(B, T, V): logits at the positions that predict each completion token, from one full forward."""
+    input_ids, attention, positions = batch.full_inputs()
     width = batch.completion_ids.shape[1]
-    values = critic(batch.input_ids, batch.attention_mask, batch.position_ids)  # (B, P + T)
-    return values[:, -width - 1 : -1]
+    logits: torch.Tensor = model(
+        input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=width + 1, use_cache=False,
+    ).logits
+    return logits[:, :-1]  # position p predicts token p + 1
+
+
+def _shared_prompt_logits(model: Any, batch: Batch) -> torch.Tensor:
+    """(B, T, V) like `_full_logits`, computing each distinct prompt once."""
+    _, inverse, counts = torch.unique_consecutive(batch.prompt_index, return_inverse=True, return_counts=True)
+    heads = torch.cumsum(counts, dim=0) - counts  # first row of each distinct prompt
+    prompt_mask = batch.prompt_mask[heads]
+    cache_arg = cache_argument(model)
+    prefix = model(
+        input_ids=batch.prompt_ids[heads], attention_mask=prompt_mask,
+        position_ids=(prompt_mask.cumsum(dim=1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1,
+    )
+    first = prefix.logits[:, -1:][inverse]  # (B, 1, V): predicts completion token 0
+    width = batch.completion_ids.shape[1]
+    if width == 1:
+        return first
+    cache = prefix[cache_arg]
+    cache.batch_select_indices(inverse)  # a differentiable gather: gradients flow back into the shared prompt
+    # Completion tokens attend to the real prompt tokens and to the tokens before them; right padding
+    # comes after every real token, so a causal model never lets it change a real token's logits.
+    inputs = batch.completion_ids[:, :-1]  # the last token predicts nothing we score
+    attention = torch.cat([batch.prompt_mask, torch.ones_like(inputs)], dim=1)
+    positions = batch.prompt_mask.sum(dim=1, keepdim=True) + torch.arange(width - 1, device=inputs.device)
+    rest = model(input_ids=inputs, attention_mask=attention, position_ids=positions, use_cache=True,
+                 logits_to_keep=width - 1, **{cache_arg: cache}).logits
+    return torch.cat([first, rest], dim=1)
+
+
+def token_values(critic: ValueModel, batch: Batch) -> torch.Tensor:
+    """The critic's value of the state before each completion token, (B, width)."""
+    input_ids, attention, positions = batch.full_inputs()
+    width = batch.completion_ids.shape[1]
+    values = critic(input_ids, attention, positions)  # (B, P + T)
+    return batch.pad(values[:, -width - 1 : -1])

@@ -115,6 +115,7 @@ def train(config: RLConfig, *, on_step: Callback | None = None, on_event: Callab
             t2 = time.perf_counter()
             metrics = {"step": step, **_rollout_metrics(data), **stats,
                        "time/generate": data.generate_seconds, "time/score": data.score_seconds, "time/learn": t2 - t1,
+                       "time/step": t2 - t0,
                        "tokens_per_second": float(data.rollouts.completion_mask.sum()) / (t2 - t0)}
             if config.eval_steps and step % config.eval_steps == 0 and step < config.max_steps:
                 metrics["eval/greedy_accuracy"] = evaluate_now(f"step-{step}")["greedy_accuracy"]
@@ -170,14 +171,19 @@ class Learner:
         chunks = _chunks(len(rollouts), config.micro_batch_size)
 
         ref_logp = None
+        started = time.perf_counter()
         if config.beta > 0:
             with models.reference_policy() as reference:
-                ref_logp = torch.cat([token_logprobs(reference, _rows(batch, c), config.temperature, grad=False)[0]
-                                      for c in chunks])
+                ref_logp = torch.cat([
+                    token_logprobs(reference, batch.rows(c), config.temperature, share_prompt=config.share_prompt,
+                                   grad=False)[0]
+                    for c in chunks
+                ])
+        reference_seconds = time.perf_counter() - started
         old_values = None
         if models.critic is not None:
             with torch.no_grad():
-                old_values = torch.cat([token_values(models.critic, _rows(batch, c)) for c in chunks])
+                old_values = torch.cat([token_values(models.critic, batch.rows(c)) for c in chunks])
         kl_in_reward = ref_logp is not None and config.kl_in == "reward"
         advantages = compute_advantages(
             config.advantage,
@@ -189,7 +195,7 @@ class Learner:
             **_estimator_params(config),
         )
         normalizer = global_normalizer(self.aggregation, mask, config.max_completion_length)
-        stats: dict[str, float] = {"lr": float(self.scheduler.get_last_lr()[0])}
+        stats: dict[str, float] = {"lr": float(self.scheduler.get_last_lr()[0]), "time/reference": reference_seconds}
         if ref_logp is not None:
             stats["kl"] = _masked_mean(k3(old_logp, ref_logp), mask)
         if train_actor and float(mask.sum()) > 0:
@@ -206,12 +212,14 @@ class Learner:
         kl_estimator = KL_ESTIMATORS.get(config.kl_estimator)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         totals: dict[str, float] = {}
+        clock = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
         for iteration in range(config.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for c in chunks:
-                logp, entropy = token_logprobs(self.models.policy, _rows(batch, c), config.temperature,
-                                               with_entropy=iteration == 0)
+                started = time.perf_counter()
+                logp, entropy = token_logprobs(self.models.policy, batch.rows(c), config.temperature,
+                                               share_prompt=config.share_prompt, with_entropy=iteration == 0)
                 per_token, pstats = ppo_clip_loss(
                     logp, old_logp[c], advantages[c], mask[c], eps_low=config.epsilon, eps_high=config.clip_high,
                     dual_clip=config.dual_clip, ratio_level=config.ratio_level,
@@ -219,7 +227,10 @@ class Learner:
                 if ref_logp is not None and config.kl_in == "loss":
                     per_token = per_token + config.beta * kl_estimator(logp, ref_logp[c])
                 loss = aggregate(per_token, mask[c], normalizer)
+                backward_started = time.perf_counter()
                 loss.backward()
+                clock["forward"] += backward_started - started
+                clock["backward"] += time.perf_counter() - backward_started
                 loss_sum += float(loss.detach())
                 if iteration == 0:
                     weight = float(mask[c].sum()) / max(float(mask.sum()), 1.0)
@@ -227,15 +238,18 @@ class Learner:
                         totals[name] = totals.get(name, 0.0) + weight * value
                     if entropy is not None:
                         totals["entropy"] = totals.get("entropy", 0.0) + weight * _masked_mean(entropy, mask[c])
+            started = time.perf_counter()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
             if math.isfinite(grad_norm) and math.isfinite(loss_sum):
                 self.optimizer.step()
             else:
                 self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)  # free the gradients while the next rollout runs
+            clock["optimizer"] += time.perf_counter() - started
             if iteration == 0:
                 totals["loss"], totals["grad_norm"] = loss_sum, grad_norm
         totals["skipped_updates"] = float(self.skipped_steps)
-        return totals
+        return totals | {f"time/{phase}": seconds for phase, seconds in clock.items()}
 
     def _update_critic(self, batch: Batch, chunks: list[slice], mask: torch.Tensor, old_values: torch.Tensor,
                        returns: torch.Tensor) -> dict[str, float]:
@@ -248,13 +262,14 @@ class Learner:
             optimizer.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for c in chunks:
-                values = token_values(critic, _rows(batch, c))
+                values = token_values(critic, batch.rows(c))
                 per_token, vstats = value_loss(values, old_values[c], returns[c], mask[c], clip=self.config.cliprange_value)
                 loss = (per_token * mask[c]).sum() / tokens
                 loss.backward()
                 loss_sum += float(loss.detach())
             torch.nn.utils.clip_grad_norm_(critic.parameters(), self.config.max_grad_norm)
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             totals["value_loss"] = loss_sum
         critic.eval()
         for name, value in _stat_items(vstats):
@@ -337,6 +352,7 @@ def _rollout_metrics(data: StepData) -> dict[str, float]:
         "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
         "reward_std": float(rewards[valid].std()) if int(valid.sum()) > 1 else 0.0,
         "accuracy": float(correct.float().mean()),
+        "prompt_length": float(data.rollouts.prompt_mask.sum(dim=1).float().mean()),
         "completion_length": float(lengths.mean()),
         "completion_length_correct": float(lengths[correct].mean()) if correct.any() else float("nan"),
         "completion_length_incorrect": float(lengths[~correct].mean()) if (~correct).any() else float("nan"),
@@ -385,11 +401,6 @@ def _schedule(config: RLConfig) -> Callable[[int], float]:
 
 def _chunks(size: int, micro: int) -> list[slice]:
     return [slice(i, min(i + micro, size)) for i in range(0, size, micro)]
-
-
-def _rows(batch: Batch, rows: slice) -> Batch:
-    return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows],
-                 batch.completion_ids[rows], batch.completion_mask[rows])
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
