@@ -24,13 +24,51 @@ def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_version": random.getstate()[0]}
 
 
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under `root` (a torn one never got its final name), or None."""
+    complete = [p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").exists()]
+    return max(complete, key=lambda p: p.name) if complete else None
+
+
+def load_checkpoint(path: Path, model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load the weights of `path` into `model` (full model or LoRA adapter); return (trainer state, info)."""
+    from safetensors.torch import load_file
+
+    if (path / "adapter_model.safetensors").exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    else:
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(path.glob("*.safetensors")):
+            if shard.name != "critic.safetensors":
+                state.update(load_file(shard))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
+        if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
+            raise ValueError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    trainer_state = torch.load(path / "trainer_state.pt", weights_only=True)
+    info = json.loads((path / "trainer_state.json").read_text())
+    return trainer_state, info
+
+
 def save_checkpoint(
-    root: Path, step: int, model: Any, tokenizer: Any, trainer_state: dict[str, Any], info: dict[str, Any], keep: int
+    root: Path, step: int, model: Any, tokenizer: Any, trainer_state: dict[str, Any], info: dict[str, Any], keep: int,
+    critic: torch.nn.Module | None = None,
 ) -> Path:
     """Write `root/step-{step}` atomically and prune older checkpoints beyond `keep`."""
     target = root / f"step-{step:06d}"
     with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        if critic is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, str(tmp / "critic.safetensors"))
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **info}, indent=2) + "\n")

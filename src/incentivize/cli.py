@@ -117,14 +117,23 @@ def train_command(
     model: Annotated[Optional[str], typer.Option(help="shortcut for --set model=...")] = None,
     task: Annotated[Optional[str], typer.Option(help="shortcut for --set task=...")] = None,
     output_dir: Annotated[Optional[str], typer.Option(help="run directory (default runs/<algorithm>-<task>-<time>)")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue this run directory from its newest checkpoint")] = None,
 ) -> None:
     """RL training. With no arguments: GRPO on SmolLM2-135M-Instruct on arithmetic, on CPU."""
-    from incentivize.config import load_config
+    from incentivize.config import load_config, load_run_config
     from incentivize.trainers.rl import train
 
     _quiet_transformers()
     shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir)) if v]
-    settings = load_config(algorithm, config, shortcuts + list(set_ or []))
+    if resume is not None:
+        if config is not None or shortcuts or set_:
+            raise IncentivizeError(
+                f"--resume continues {resume} with its own config ({resume / 'config.yaml'}); drop --config, --set, "
+                "--model, --task and --output-dir, or start a new run"
+            )
+        settings = load_run_config(resume)
+    else:
+        settings = load_config(algorithm, config, shortcuts + list(set_ or []))
     console.print(
         f"{settings.algorithm}: {settings.model} on {settings.task}, {settings.max_steps} steps of "
         f"{settings.prompts_per_step} prompts x {settings.num_generations} completions", highlight=False,
@@ -133,7 +142,8 @@ def train_command(
         def on_step(step: int, metrics: dict[str, Any]) -> None:
             progress.advance(1, f"reward {metrics['reward_mean']:.3f} acc {metrics['accuracy']:.3f}")
 
-        result = train(settings, on_step=on_step, on_event=lambda text: console.print(text, highlight=False))
+        result = train(settings, on_step=on_step, on_event=lambda text: console.print(text, highlight=False),
+                       resume=resume is not None)
     table = Table(title=f"held-out greedy accuracy ({settings.eval_limit} problems)")
     for column in ("", "before", "after"):
         table.add_column(column, justify="right")

@@ -170,6 +170,16 @@ def load_config(algorithm: str, path: str | Path | None = None, overrides: list[
     return _validate(values, f"config ({' + '.join(sources)})")
 
 
+def load_run_config(run_dir: str | Path) -> RLConfig:
+    """The resolved config a run directory was started with (its `config.yaml`), pointed at that directory."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise IncentivizeError(f"{run_dir} is not a run directory: {path} does not exist")
+    values = _read_yaml(path)
+    values["output_dir"] = str(run_dir)
+    return _validate(values, str(path))
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IncentivizeError(f"config file {path} does not exist")

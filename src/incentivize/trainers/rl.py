@@ -38,7 +38,7 @@ from incentivize.algorithms.advantages import AdvantageInputs, compute_advantage
 from incentivize.algorithms.aggregate import AGGREGATIONS, global_normalizer, loss_type_to_aggregation
 from incentivize.algorithms.kl import KL_ESTIMATORS, k3
 from incentivize.algorithms.policy_loss import ppo_clip_loss, value_loss
-from incentivize.checkpoint import rng_state, save_checkpoint, save_model
+from incentivize.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint, save_model
 from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import EvalSettings, evaluate
@@ -75,13 +75,21 @@ class StepData:
 Callback = Callable[[int, dict[str, Any]], None]
 
 
-def train(config: RLConfig, *, on_step: Callback | None = None, on_event: Callable[[str], None] | None = None) -> TrainResult:
-    """Run `config` to the end; `on_step(step, metrics)` after each step, `on_event(text)` for milestones."""
+def train(
+    config: RLConfig, *, on_step: Callback | None = None, on_event: Callable[[str], None] | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Run `config` to the end; `on_step(step, metrics)` after each step, `on_event(text)` for milestones.
+
+    With `resume`, `config.output_dir` is an existing run: training continues after its newest
+    complete checkpoint (weights, optimizer, scheduler, RNG and data position), and the metrics and
+    samples of later steps, written before the interruption, are replaced.
+    """
     say = on_event or (lambda text: None)
     started = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    run_dir = _make_run_dir(config)
+    run_dir = _resume_dir(config) if resume else _make_run_dir(config)
     task = load_task(config.task, **config.task_options)
     train_examples = _examples(task, "train", None)
     eval_examples = _examples(task, "test", config.eval_limit)
@@ -94,6 +102,10 @@ def train(config: RLConfig, *, on_step: Callback | None = None, on_event: Callab
     )
     sampler = PromptSampler(len(train_examples), config.seed)
     learner = Learner(config, models)
+    done = 0
+    if resume:
+        done = _restore(run_dir, models, learner, sampler)
+        say(f"resuming after step {done}")
     metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
     samples_file = (run_dir / "samples.jsonl").open("a", encoding="utf-8")
     prompt_cache: dict[int, list[int]] = {}
@@ -105,9 +117,13 @@ def train(config: RLConfig, *, on_step: Callback | None = None, on_event: Callab
         report.write(run_dir / f"eval-{label}", {"model": config.model, "step": label, **settings.model_dump()})
         return report.metrics
 
-    before = evaluate_now("before") if config.eval_before else None
+    if resume:
+        before_file = run_dir / "eval-before" / "results.json"
+        before = json.loads(before_file.read_text())["metrics"] if before_file.exists() else None
+    else:
+        before = evaluate_now("before") if config.eval_before else None
     try:
-        for step in range(1, config.max_steps + 1):
+        for step in range(done + 1, config.max_steps + 1):
             t0 = time.perf_counter()
             data = _collect(config, models, task, train_examples, sampler, scorer, prompt_cache, step)
             t1 = time.perf_counter()
@@ -127,7 +143,7 @@ def train(config: RLConfig, *, on_step: Callback | None = None, on_event: Callab
             if config.save_steps and step % config.save_steps == 0:
                 save_checkpoint(run_dir / "checkpoints", step, models.policy, models.tokenizer,
                                 learner.state_dict() | {"rng": rng_state()}, {"sampler": sampler.state_dict()},
-                                config.save_total_limit)
+                                config.save_total_limit, critic=models.critic)
     finally:
         metrics_file.close()
         samples_file.close()
@@ -156,10 +172,18 @@ class Learner:
         self.skipped_steps = 0
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "skipped_steps": self.skipped_steps}
         if self.critic_optimizer is not None:
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
         return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
 
     def step(self, data: StepData, train_actor: bool = True) -> dict[str, float]:
         config, models = self.config, self.models
@@ -421,6 +445,52 @@ def _examples(task: Task, split: str, limit: int | None) -> list[Example]:
     if not examples:
         raise IncentivizeError(f"task {task.name} has no {split} examples")
     return examples
+
+
+def _resume_dir(config: RLConfig) -> Path:
+    if not config.output_dir or not (Path(config.output_dir) / "config.yaml").exists():
+        raise IncentivizeError(f"cannot resume {config.output_dir}: it holds no run (config.yaml missing)")
+    return Path(config.output_dir)
+
+
+def _restore(run_dir: Path, models: Models, learner: Learner, sampler: PromptSampler) -> int:
+    """Load the newest complete checkpoint of `run_dir`; drop metrics and samples of later steps; its step."""
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise IncentivizeError(
+            f"cannot resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'} (set save_steps to write them)"
+        )
+    try:
+        state, info = load_checkpoint(checkpoint, models.policy)
+        if models.critic is not None:
+            from safetensors.torch import load_file
+
+            models.critic.load_state_dict(load_file(checkpoint / "critic.safetensors"))
+        learner.load_state_dict(state)
+        sampler.load_state_dict(info["sampler"])
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
+        raise IncentivizeError(f"cannot resume from {checkpoint}: {err}") from None
+    restore_rng(state["rng"])
+    step = int(info["step"])
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        _truncate_jsonl(run_dir / name, step)
+    return step
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Keep the rows of steps up to `step` (and drop a torn last line), written atomically."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by the interruption
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    partial.replace(path)
 
 
 def _make_run_dir(config: RLConfig) -> Path:
