@@ -35,9 +35,14 @@ def latest_checkpoint(root: Path) -> Path | None:
     return max(complete, key=lambda p: p.name) if complete else None
 
 
-def load_checkpoint(path: Path, model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load the weights of `path` into `model` (full model or LoRA adapter); return (trainer state, info)."""
+def load_checkpoint(
+    path: Path, model: Any, critic: torch.nn.Module | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load the weights of `path` into `model` (full model or LoRA adapter) and `critic`; return (trainer state, info)."""
     from safetensors.torch import load_file
+
+    if critic is not None:
+        critic.load_state_dict(load_file(path / "critic.safetensors"))
 
     if (path / "adapter_model.safetensors").exists():
         from peft import set_peft_model_state_dict

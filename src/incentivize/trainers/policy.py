@@ -76,26 +76,36 @@ class Batch:
     width (zero beyond each row's completion) even when a micro-batch computes on fewer columns.
     """
 
-    prompt_ids: torch.Tensor  # (B, P) left-padded
-    prompt_mask: torch.Tensor  # (B, P)
-    completion_ids: torch.Tensor  # (B, T) right-padded
-    completion_mask: torch.Tensor  # (B, T)
-    prompt_index: torch.Tensor  # (B,)
+    rollouts: Rollouts
     width: int
 
     @classmethod
     def from_rollouts(cls, rollouts: Rollouts) -> Batch:
-        return cls(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids, rollouts.completion_mask,
-                   rollouts.prompt_index, rollouts.completion_ids.shape[1])
+        return cls(rollouts, rollouts.completion_ids.shape[1])
 
     def rows(self, rows: slice) -> Batch:
-        """Rows `rows`, trimmed to the padding they need (prompt columns on the left, completion on the right)."""
-        prompt_mask, completion_mask = self.prompt_mask[rows], self.completion_mask[rows]
-        used = (prompt_mask.sum(dim=0) > 0).nonzero()
-        start = int(used.min()) if len(used) else prompt_mask.shape[1]
-        end = max(int(completion_mask.sum(dim=1).max()), 1) if len(completion_mask) else 1
-        return Batch(self.prompt_ids[rows, start:], prompt_mask[:, start:], self.completion_ids[rows, :end],
-                     completion_mask[:, :end], self.prompt_index[rows], self.width)
+        """Rows `rows`, trimmed to the padding they need (`Rollouts.select`); results keep the full width."""
+        return Batch(self.rollouts.select(range(rows.start or 0, min(rows.stop, len(self.rollouts)))), self.width)
+
+    @property
+    def prompt_ids(self) -> torch.Tensor:  # (B, P) left-padded
+        return self.rollouts.prompt_ids
+
+    @property
+    def prompt_mask(self) -> torch.Tensor:  # (B, P)
+        return self.rollouts.prompt_mask
+
+    @property
+    def completion_ids(self) -> torch.Tensor:  # (B, T) right-padded
+        return self.rollouts.completion_ids
+
+    @property
+    def completion_mask(self) -> torch.Tensor:  # (B, T)
+        return self.rollouts.completion_mask
+
+    @property
+    def prompt_index(self) -> torch.Tensor:  # (B,)
+        return self.rollouts.prompt_index
 
     def full_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """input_ids, attention_mask and position_ids of prompt + completion, (B, P + T) each."""

@@ -461,11 +461,7 @@ def _restore(run_dir: Path, models: Models, learner: Learner, sampler: PromptSam
             f"cannot resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'} (set save_steps to write them)"
         )
     try:
-        state, info = load_checkpoint(checkpoint, models.policy)
-        if models.critic is not None:
-            from safetensors.torch import load_file
-
-            models.critic.load_state_dict(load_file(checkpoint / "critic.safetensors"))
+        state, info = load_checkpoint(checkpoint, models.policy, models.critic)
         learner.load_state_dict(state)
         sampler.load_state_dict(info["sampler"])
     except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
