@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from incentivize.rewards.extract import normalize_number
 from incentivize.rewards.verify import answers_match
 
-__all__ = ["maj_at_k", "majority_vote", "mean_pass_at_k", "pass_at_k"]
+__all__ = ["maj_at_k", "majority_vote", "mean_pass_at_k", "pass_at_k", "vote_key"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -40,7 +40,12 @@ def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
     return sum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
 
 
-def _vote_key(answer: str) -> str:
+def vote_key(answer: str) -> str:
+    """The class an answer votes for: a number's canonical form, anything else stripped.
+
+    >>> vote_key("1,000.0"), vote_key(" x + 1 ")
+    ('1000', 'x + 1')
+    """
     number = normalize_number(answer)
     return number if number is not None else answer.strip()
 
@@ -61,7 +66,7 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
     for answer in answers:
         if answer is None or not answer.strip():
             continue
-        key = _vote_key(answer)
+        key = vote_key(answer)
         counts[key] = counts.get(key, 0) + 1
         first_seen.setdefault(key, answer)
     if not counts:
