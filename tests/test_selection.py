@@ -240,3 +240,53 @@ def test_build_selectors_names_verifiers_and_checks_kinds():
         build_selectors(parse_select("weighted:r"), {"r": "rm"})
     selectors, _ = build_selectors(parse_select("rm:r,top2:r"), {"r": "rm"})  # any scale is fine for these
     assert [s.name for s in selectors] == ["rm", "top2:rm"]
+
+
+class LengthVerifier:
+    """A stand-in verifier: longer completions score higher, as a probability."""
+
+    kind = "orm"
+
+    def __init__(self):
+        self.scored: list[str] = []
+
+    def score(self, prompts, completions):
+        assert len(prompts) == len(completions) and all(isinstance(p, str) and p for p in prompts)
+        self.scored += completions
+        return [min(1.0, len(c) / 100) for c in completions]
+
+
+def test_evaluate_scores_each_sample_once_and_reports_selection(tiny, tmp_path):
+    import json
+
+    from incentivize.eval.runner import EvalSettings, evaluate
+    from incentivize.tasks import load_task
+
+    model, tokenizer = tiny
+    task = load_task("arithmetic")
+    examples = task.examples("test", 3)
+    verifier = LengthVerifier()
+    settings = EvalSettings(samples=4, max_new_tokens=8, batch_size=5)
+    report = evaluate(model, tokenizer, task, examples, settings, verifiers={"orm": verifier},
+                      selectors=[Selector("best", "orm"), Selector("top", "orm", k=2)])
+    sampled = [r for r in report.records if r.mode == "sample"]
+    assert verifier.scored == [r.completion for r in sampled]  # every sampled completion, once
+    assert all(r.scores == {"orm": min(1.0, len(r.completion) / 100)} for r in sampled)
+    assert all(not r.scores for r in report.records if r.mode == "greedy")
+    assert list(report.sweep) == ["pass@1", "majority", "orm", "top2:orm", "pass@N"]  # majority always
+    assert report.metrics["select/majority"] == report.metrics["maj@4"]
+    assert report.metrics["select/orm"] == report.sweep["orm"][4]
+    assert report.sweep["pass@1"][1] == pytest.approx(report.metrics["pass@1"])
+
+    report.write(tmp_path, {"seed": 0})
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["sweep"]["top2:orm"]["4"] == report.metrics["select/top2:orm"]
+    assert json.loads((tmp_path / "sweep.json").read_text())["accuracy"] == results["sweep"]
+    ET.parse(tmp_path / "sweep.svg")
+    row = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[-1])
+    assert set(row["scores"]) == {"orm"}
+
+    with pytest.raises(ValueError, match="samples >= 1"):
+        evaluate(model, tokenizer, task, examples, EvalSettings(samples=0), selectors=[Selector("majority")])
+    with pytest.raises(ValueError, match="not given"):
+        evaluate(model, tokenizer, task, examples, settings, selectors=[Selector("best", "prm")])

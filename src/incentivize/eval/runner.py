@@ -3,21 +3,25 @@
 The greedy pass decodes each problem once at temperature 0; the sampled pass draws `samples`
 completions per problem at `temperature`. Every completion is verified by the task and, when given,
 scored by user reward functions (a function that fails on some samples loses only those samples).
+With verifiers and selectors, every sampled completion is also scored once by each verifier, and
+each selector (majority vote, best-of-N, weighted or top-k voting) picks one answer per problem
+among the same samples, at N = 1, 2, 4, ... samples (`incentivize.inference.selection`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from pydantic import BaseModel, Field
 
 from incentivize.eval.metrics import maj_at_k, mean_pass_at_k
+from incentivize.inference.selection import Problem, Selector, plot_sweep, sweep
 from incentivize.rewards import call_reward_function, reward_name
 from incentivize.rollout import SamplingParams, generate
 from incentivize.tasks import Example, Task, render_prompt, reward_columns
@@ -48,6 +52,17 @@ class SampleRecord:
     finish_reason: str
     num_tokens: int
     rewards: dict[str, float | None] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # verifier name -> its score (sampled pass only)
+
+
+class Scorer(Protocol):
+    """What a verifier offers (`incentivize.rewards.reward_model.Verifier`): one score per
+    completion, higher = better; prompts are the rendered prompt texts of `SampleRecord.prompt`."""
+
+    def score(self, prompts: list[str], completions: list[str]) -> list[float]: ...
+
+
+SWEEP_TRIALS = 200  # random subsets per problem and N in the selection sweep (all, when fewer exist)
 
 
 @dataclass
@@ -55,6 +70,7 @@ class EvalReport:
     metrics: dict[str, Any]
     records: list[SampleRecord]
     reward_errors: dict[str, list[str]]  # reward name -> error texts, one per failed sample
+    sweep: dict[str, dict[int, float]] | None = None  # selector -> N -> accuracy (with selectors)
 
     def write(self, output: str | Path, settings: dict[str, Any]) -> None:
         """`results.json` (metrics and settings) and `samples.jsonl` (every completion)."""
@@ -64,7 +80,12 @@ class EvalReport:
             for record in self.records:
                 handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
         errors = {name: {"count": len(texts), "first": texts[0]} for name, texts in self.reward_errors.items() if texts}
-        results = {"metrics": self.metrics, "settings": settings, "reward_errors": errors}
+        results: dict[str, Any] = {"metrics": self.metrics, "settings": settings, "reward_errors": errors}
+        if self.sweep is not None:
+            results["sweep"] = self.sweep
+            sweep_json = {"accuracy": self.sweep, "trials": SWEEP_TRIALS, "seed": settings.get("seed")}
+            (output / "sweep.json").write_text(json.dumps(sweep_json, indent=2) + "\n", encoding="utf-8")
+            plot_sweep(self.sweep, output / "sweep.svg", title=f"accuracy vs samples ({self.metrics['problems']} problems)")
         (output / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
@@ -76,9 +97,27 @@ def evaluate(
     settings: EvalSettings,
     *,
     reward_functions: Sequence[Callable[..., Any]] = (),
+    verifiers: Mapping[str, Scorer] | None = None,
+    selectors: Sequence[Selector] = (),
     progress: Callable[[int], None] | None = None,
 ) -> EvalReport:
-    """Run the greedy and sampled passes over `examples`; `progress(n)` gets completed sequences."""
+    """Run the greedy and sampled passes over `examples`; `progress(n)` gets completed sequences
+    (generated, then scored by each verifier).
+
+    `verifiers` (name -> scorer) score every sampled completion once, into `SampleRecord.scores`;
+    `selectors` read those scores by name. With selectors, majority voting is always among them,
+    the metrics gain `select/<name>` (accuracy with all `samples` samples) and the report a sweep
+    table over N (see `incentivize.inference.selection.sweep`).
+    """
+    verifiers = dict(verifiers or {})
+    if selectors:
+        if settings.samples < 1:
+            raise ValueError("selectors choose among sampled completions: they need samples >= 1")
+        unknown = sorted({s.verifier for s in selectors if s.verifier is not None} - set(verifiers))
+        if unknown:
+            raise ValueError(f"selectors need scores from verifiers {unknown}, not given")
+        if not any(s.method == "majority" for s in selectors):
+            selectors = [Selector("majority"), *selectors]
     prompts = [render_prompt(tokenizer, task.messages(e)) for e in examples]
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=settings.max_new_tokens, seed=settings.seed)
     records = _decode_all(model, tokenizer, task, examples, prompts, greedy, "greedy", settings.batch_size, progress)
@@ -92,8 +131,15 @@ def evaluate(
             seed=settings.seed,
         )
         records += _decode_all(model, tokenizer, task, examples, prompts, sampled, "sample", settings.batch_size, progress)
+        _score_with_verifiers([r for r in records if r.mode == "sample"], verifiers, settings.batch_size, progress)
     reward_errors = _score_rewards(records, examples, reward_functions)
-    return EvalReport(_metrics(records, examples, settings.samples), records, reward_errors)
+    metrics = _metrics(records, examples, settings.samples)
+    table = None
+    if selectors:
+        table = _selection_sweep(records, examples, selectors, settings.seed)
+        for selector in selectors:
+            metrics[f"select/{selector.name}"] = table[selector.name][settings.samples]
+    return EvalReport(metrics, records, reward_errors, table)
 
 
 def _decode_all(
@@ -137,12 +183,56 @@ def _decode_all(
     return [record for i in range(len(prompts)) for record in by_example[i]]
 
 
+def sample_completions(
+    model: torch.nn.Module, tokenizer: Any, task: Task, examples: Sequence[Example], params: SamplingParams,
+    batch_size: int = 64, progress: Callable[[int], None] | None = None,
+) -> list[SampleRecord]:
+    """`params.n` verified completions per example, in example order (reward-model training data)."""
+    prompts = [render_prompt(tokenizer, task.messages(e)) for e in examples]
+    return _decode_all(model, tokenizer, task, examples, prompts, params, "sample", batch_size, progress)
+
+
 def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
     """The tokenizer's EOS plus whatever the model's generation config also stops on."""
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
     return sorted(i for i in ids if i is not None)
+
+
+def _score_with_verifiers(
+    records: list[SampleRecord], verifiers: Mapping[str, Scorer], batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Each verifier scores each record once, in chunks of `batch_size`."""
+    for name, verifier in verifiers.items():
+        for start in range(0, len(records), batch_size):
+            chunk = records[start : start + batch_size]
+            scores = verifier.score([r.prompt for r in chunk], [r.completion for r in chunk])
+            if len(scores) != len(chunk):
+                raise ValueError(f"verifier {name} gave {len(scores)} scores for {len(chunk)} completions")
+            for record, value in zip(chunk, scores):
+                if not math.isfinite(value):
+                    raise ValueError(f"verifier {name} gave the score {value} (a finite number was expected)")
+                record.scores[name] = float(value)
+            if progress is not None:
+                progress(len(chunk))
+
+
+def _selection_sweep(
+    records: list[SampleRecord], examples: Sequence[Example], selectors: Sequence[Selector], seed: int
+) -> dict[str, dict[int, float]]:
+    per_problem: dict[str, list[SampleRecord]] = {}
+    for r in records:
+        if r.mode == "sample":
+            per_problem.setdefault(r.example_id, []).append(r)
+    problems = []
+    for example in examples:
+        group = sorted(per_problem[example.id], key=lambda r: r.index)
+        names = {name for r in group for name in r.scores}
+        scores = {name: [r.scores[name] for r in group] for name in names}
+        problems.append(Problem([r.extracted for r in group], [r.correct for r in group], scores))
+    return sweep(problems, selectors, trials=SWEEP_TRIALS, seed=seed)
 
 
 def _score_rewards(
