@@ -290,3 +290,57 @@ def test_evaluate_scores_each_sample_once_and_reports_selection(tiny, tmp_path):
         evaluate(model, tokenizer, task, examples, EvalSettings(samples=0), selectors=[Selector("majority")])
     with pytest.raises(ValueError, match="not given"):
         evaluate(model, tokenizer, task, examples, settings, selectors=[Selector("best", "prm")])
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--samples", "0", "--select", "majority"], "--select chooses among sampled completions: give --samples N"),
+        (["--select", "vote"], "--select: unknown selector 'vote'"),
+        (["--select", "orm"], "orm needs a verifier directory: orm:DIR"),
+        (["--select", "majority,orm:{tmp}/missing"], "missing does not exist: give the directory written by"),
+        (["--select", "top3:{tmp}"], "has no incentivize_verifier.json"),
+    ],
+)
+def test_eval_select_errors_are_one_line_before_any_model_loads(args, fragment, tmp_path, monkeypatch, capsys):
+    from incentivize import cli
+
+    argv = ["incentivize", "eval", "--model", "no-such-model", "--limit", "2", *(a.format(tmp=tmp_path) for a in args)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and fragment in " ".join(err.split()), err
+    assert "no-such-model" not in err  # refused before loading the model
+
+
+def test_eval_select_end_to_end_with_a_trained_orm(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-m", "incentivize.cli", *map(str, args)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    trained = cli("train", "orm", "--model", "tiny-random", "--output-dir", "orm", "--set", "num_problems=4",
+                  "--set", "samples_per_problem=2", "--set", "max_completion_length=8")
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    out = tmp_path / "eval"
+    result = cli("eval", "--model", "tiny-random", "--samples", 4, "--limit", 3, "--max-new-tokens", 8,
+                 "--select", "majority,orm:orm/final,top2:orm/final,weighted:orm/final", "--output", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((out / "results.json").read_text())
+    for name in ("majority", "orm", "top2:orm", "weighted:orm"):
+        assert 0.0 <= results["metrics"][f"select/{name}"] <= 1.0
+        assert results["metrics"][f"select/{name}"] == results["sweep"][name]["4"]
+    assert results["settings"]["select"] == "majority,orm:orm/final,top2:orm/final,weighted:orm/final"
+    sweep_file = json.loads((out / "sweep.json").read_text())
+    assert list(sweep_file["accuracy"]) == ["pass@1", "majority", "orm", "top2:orm", "weighted:orm", "pass@N"]
+    ET.parse(out / "sweep.svg")
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["scores"]["orm"] <= 1.0 for r in rows if r["mode"] == "sample")
+    assert "| selector | N=1 | N=2 | N=4 |" in result.stdout and "| weighted:orm |" in result.stdout

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from incentivize.errors import IncentivizeError
+from incentivize.inference.selection import SELECT_HELP, SelectSpec
 from incentivize.progress import ProgressReporter
 
 app = typer.Typer(
@@ -76,15 +77,21 @@ def eval_command(
     num_ops: Annotated[Optional[int], typer.Option(help="arithmetic: operations per problem")] = None,
     digits: Annotated[Optional[int], typer.Option(help="arithmetic: digits per number")] = None,
     word_problems: Annotated[Optional[bool], typer.Option("--word-problems", help="arithmetic: tell problems as stories")] = None,
+    select: Annotated[Optional[str], typer.Option(help=SELECT_HELP)] = None,
 ) -> None:
-    """Greedy accuracy, pass@k, maj@k, lengths and parse rate of a model on a task."""
+    """Greedy accuracy, pass@k, maj@k, lengths and parse rate of a model on a task; with --select,
+    the accuracy of voting and of best-of-N by trained verifiers as N grows."""
     from incentivize.eval.runner import EvalSettings, evaluate
+    from incentivize.inference.selection import parse_select, sweep_markdown
     from incentivize.models import load
     from incentivize.rewards import load_reward_function
     from incentivize.tasks import load_task
 
     _quiet_transformers()
     reward_functions = [load_reward_function(spec) for spec in reward or []]
+    select_specs = parse_select(select) if select is not None else []
+    if select_specs and samples < 1:
+        raise IncentivizeError("--select chooses among sampled completions: give --samples N (N >= 1), e.g. --samples 8")
     the_task = load_task(
         task, data=data, prompt_field=prompt_field, answer_field=answer_field,
         num_ops=num_ops, digits=digits, word_problems=word_problems,
@@ -95,17 +102,25 @@ def eval_command(
     output = output or Path("results") / f"eval-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     started = time.perf_counter()
+    verifiers, selectors = _load_verifiers(select_specs)
     with console.status(f"loading {model}"):
         the_model, tokenizer = load(model)
     console.print(f"loaded {model} in {time.perf_counter() - started:.1f}s; {len(examples)} {task} problems")
-    with ProgressReporter("generating", len(examples) * (1 + samples), console) as progress:
-        report = evaluate(the_model, tokenizer, the_task, examples, settings,
-                          reward_functions=reward_functions, progress=progress.advance)
+    work = len(examples) * (1 + samples + samples * len(verifiers))
+    with ProgressReporter("generating and scoring" if verifiers else "generating", work, console) as progress:
+        report = evaluate(the_model, tokenizer, the_task, examples, settings, reward_functions=reward_functions,
+                          verifiers=verifiers, selectors=selectors, progress=progress.advance)
     elapsed = time.perf_counter() - started
     report.metrics["seconds"] = round(elapsed, 1)
-    report.write(output, {"model": model, "task": task, "data": data, "split": split, "limit": limit, **settings.model_dump()})
+    report.write(output, {"model": model, "task": task, "data": data, "split": split, "limit": limit,
+                          **settings.model_dump(), **({"select": select} if select is not None else {})})
     _print_metrics(report.metrics, f"{model} on {task} ({len(examples)} problems)")
-    console.print(f"wrote {output}/results.json and {output}/samples.jsonl")
+    if report.sweep is not None:
+        print(f"\naccuracy with N samples per problem ({len(examples)} problems; N < {samples}: mean over subsets)\n")
+        print(sweep_markdown(report.sweep) + "\n")
+        console.print(f"wrote {output}/results.json, samples.jsonl, sweep.json and sweep.svg")
+    else:
+        console.print(f"wrote {output}/results.json and {output}/samples.jsonl")
     _check_reward_errors(report.reward_errors, len(report.records))
 
 
@@ -152,6 +167,25 @@ def train_command(
         table.add_row(name, before, f"{result.after[name]:.3f}")
     Console().print(table)
     console.print(f"{result.seconds / 60:.1f} min; final model in {result.run_dir / 'final'}", highlight=False)
+
+
+def _load_verifiers(specs: list[SelectSpec]) -> tuple[dict[str, Any], list[Any]]:
+    """Each verifier directory named in --select, loaded once and named; and the selectors."""
+    if not specs:
+        return {}, []
+    from incentivize.inference.selection import build_selectors
+
+    loaded: dict[str, Any] = {}
+    for path in dict.fromkeys(spec.path for spec in specs if spec.path is not None):
+        from incentivize.rewards.reward_model import load_verifier
+
+        with console.status(f"loading verifier {path}"):
+            try:
+                loaded[path] = load_verifier(path)
+            except IncentivizeError as err:
+                raise IncentivizeError(f"--select: {err}") from None
+    selectors, names = build_selectors(specs, {path: verifier.kind for path, verifier in loaded.items()})
+    return {names[path]: verifier for path, verifier in loaded.items()}, selectors
 
 
 def _settings(cls: Any, **values: Any) -> Any:

@@ -26,9 +26,9 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from html import escape
 from itertools import combinations
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from incentivize.errors import IncentivizeError
 from incentivize.eval.metrics import majority_vote, pass_at_k, vote_key
