@@ -18,12 +18,17 @@ import random
 import re
 from dataclasses import dataclass
 
+from incentivize.algorithms.reward_losses import NEGATIVE, NEUTRAL, POSITIVE
 from incentivize.errors import IncentivizeError
+from incentivize.rewards.extract import extract_answer, has_final_answer_marker
+from incentivize.rewards.steps import split_steps
+from incentivize.rewards.verify import answers_match
 from incentivize.tasks.base import Example, Task
 
 OPS = "+-*"
 TEST_SHARE = 0.2  # share of the problem space that belongs to the test split
 STEP = re.compile(r"^\s*(-?\d+)\s*([-+*x×])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+EQUATION = re.compile(r"(?<![\d.])(\d+)\s*([-+*x×])\s*(\d+)\s*=\s*(-?\d+)(?![\d.])")
 
 # Chosen by measuring SmolLM2-135M-Instruct greedy accuracy on 48 test problems per variant: an
 # instruction that shows a worked example (`12 * 3 = 36`) gets the example copied back verbatim, and
@@ -162,6 +167,43 @@ class Arithmetic(Task):
 
     def user_message(self, example: Example) -> str:
         return f"{example.question} {INSTRUCTION}"
+
+    def step_labels(self, example: Example, completion: str) -> list[int]:
+        """Each line of `completion` checked against the problem, for process reward models.
+
+        negative: a calculation whose result is wrong, or a final answer line with the wrong answer;
+        positive: a right calculation on numbers from the problem or from earlier right steps, or a
+        final answer line with the right answer; neutral: anything else (prose, or right arithmetic
+        on numbers that come from nowhere).
+
+        >>> task = Arithmetic()
+        >>> example = Example(id="x", question="Calculate (14 + 7) * 3.", answer="63")
+        >>> task.step_labels(example, "First, 14 + 7 = 21\\nThen 21 * 3 = 63\\nAnswer: 63")
+        [2, 2, 2]
+        >>> task.step_labels(example, "14 + 7 = 22\\nLet me think.\\n5 + 5 = 10\\nAnswer: 66")
+        [0, 1, 1, 0]
+        """
+        known = {int(n) for n in re.findall(r"\d+", example.question)}
+        labels = []
+        for step in split_steps(completion):
+            equations = EQUATION.findall(step.text.replace("×", "*"))
+            if equations:
+                label = POSITIVE
+                for a, op, b, c in equations:
+                    if apply(int(a), "*" if op in "x×" else op, int(b)) != int(c):
+                        label = NEGATIVE
+                        break
+                    if int(a) not in known or int(b) not in known:
+                        label = NEUTRAL
+                    known.add(int(c))
+                labels.append(label)
+            elif has_final_answer_marker(step.text):
+                extracted = extract_answer(step.text)
+                right = extracted is not None and answers_match(extracted, example.answer)
+                labels.append(POSITIVE if right else NEGATIVE)
+            else:
+                labels.append(NEUTRAL)
+        return labels
 
     def _question(self, problem: Problem, index: int) -> str:
         if not self.word_problems:

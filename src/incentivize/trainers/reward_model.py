@@ -1,0 +1,326 @@
+"""Train a reward model: an outcome verifier (ORM), a process reward model (PRM) or a pairwise RM.
+
+- ORM (Cobbe et al. 2021): sample `samples_per_problem` solutions per training problem from the
+  generator, label each by the task's answer check, and regress a scalar head towards the label at
+  every completion token (`target: token`, the paper's default) or at the last one (`final`);
+  optionally jointly with the LM loss on the same solutions (`lm_loss_weight`).
+- PRM (Lightman et al. 2023): solutions split into steps (one per line), each labelled negative,
+  neutral or positive, supervision stopping after the first negative step; a 3-way head is trained
+  at each step's last token. Labels come from the task (`Task.step_labels`: the arithmetic task
+  checks every calculation against the problem) or from a PRM800K-format file (`data`).
+- RM: Bradley-Terry on preference pairs (`data`: JSONL with prompt, chosen, rejected).
+
+The problems are split into training and validation parts by a hash of their text, so the samples
+of one problem never sit on both sides; the validation metrics are written to `summary.json`. The
+model is saved as a transformers token-classification checkpoint (`rewards.reward_model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from incentivize.algorithms.reward_losses import bradley_terry_loss, outcome_loss, step_loss
+from incentivize.config import RewardModelConfig
+from incentivize.errors import IncentivizeError
+from incentivize.eval.runner import sample_completions
+from incentivize.models import load
+from incentivize.rewards.reward_model import (
+    Encoded, Verifier, encode, pad, save_verifier, score_head, score_head_model,
+)
+from incentivize.rewards.steps import supervised_prefix
+from incentivize.rollout import SamplingParams
+from incentivize.tasks import load_task, render_prompt
+from incentivize.tasks.reward_data import load_pairs, load_step_solutions
+
+
+@dataclass
+class Solution:
+    """A prompt (rendered text), a completion, its outcome label and its step labels (-1: none)."""
+
+    problem: str
+    prompt: str
+    completion: str
+    correct: bool
+    steps: list[int]
+
+
+@dataclass
+class RewardModelResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def train_reward_model(config: RewardModelConfig, *, on_event: Callable[[str], None] | None = None,
+                       on_progress: Callable[[str, int, int], None] | None = None) -> RewardModelResult:
+    """Collect the data, train, validate and save `config`'s reward model under `output_dir/final`.
+
+    `on_event(text)` gets milestones; `on_progress(stage, done, total)` gets sampling and training
+    progress."""
+    say = on_event or (lambda text: None)
+    progress = on_progress or (lambda stage, done, total: None)
+    started = time.perf_counter()
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    run_dir = _run_dir(config)
+    lm, tokenizer = load(config.model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    items = _collect(config, lm, tokenizer, say, progress)
+    train_items, valid_items = _split(items, config.validation_share)
+    if not train_items:
+        raise IncentivizeError("no training data left after the validation split; lower validation_share")
+    say(f"{len(train_items)} training and {len(valid_items)} validation {'pairs' if config.kind == 'rm' else 'solutions'}")
+    _describe_labels(config, train_items, say)
+
+    model = score_head_model(lm, config.kind)
+    lm_head = _lm_head(lm, model) if config.lm_loss_weight > 0 else None
+    del lm
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False), encoding="utf-8")
+    params = list(model.parameters())
+    if lm_head is not None and not any(lm_head is p for p in params):
+        params.append(lm_head)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    order_rng = random.Random(config.seed)
+    step = 0
+    model.train()
+    with (run_dir / "metrics.jsonl").open("w", encoding="utf-8") as metrics_file:
+        for epoch in range(config.epochs):
+            order = list(range(len(train_items)))
+            order_rng.shuffle(order)
+            for start in range(0, len(order), config.batch_size):
+                batch = [train_items[i] for i in order[start : start + config.batch_size]]
+                stats = _update(config, model, lm_head, tokenizer, batch, optimizer)
+                step += 1
+                metrics_file.write(json.dumps({"step": step, "epoch": epoch + 1, **stats}) + "\n")
+                metrics_file.flush()
+                progress("train", step, total)
+    model.eval()
+    meta = {"kind": config.kind, "aggregation": config.aggregation, "neutral": config.neutral,
+            "target": config.target, "max_length": config.max_length, "base_model": config.model}
+    verifier = Verifier(model, tokenizer, meta, str(run_dir / "final"))
+    metrics = _validate(config, verifier, valid_items) if valid_items else {}
+    say("saving " + str(run_dir / "final"))
+    save_verifier(run_dir / "final", model, tokenizer, meta)
+    seconds = time.perf_counter() - started
+    summary = {"validation": metrics, "train_items": len(train_items), "validation_items": len(valid_items),
+               "steps": step, "seconds": seconds}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return RewardModelResult(run_dir, metrics, seconds)
+
+
+def _run_dir(config: RewardModelConfig) -> Path:
+    run_dir = Path(config.output_dir) if config.output_dir else Path("runs") / f"{config.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise IncentivizeError(f"output_dir {run_dir} is a file; choose another --output-dir")
+    for name in ("final", "metrics.jsonl"):
+        if (run_dir / name).exists():
+            raise IncentivizeError(f"{run_dir} already holds a run ({name}); choose another --output-dir so nothing is overwritten")
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _collect(config: RewardModelConfig, lm: Any, tokenizer: Any, say: Callable[[str], None],
+             progress: Callable[[str, int, int], None]) -> list[Any]:
+    if config.kind == "rm":
+        if config.data is None:
+            raise IncentivizeError("train rm needs preference pairs: --set data=pairs.jsonl (fields prompt, chosen, rejected)")
+        return [(pair, _prompt_text(tokenizer, pair.prompt)) for pair in load_pairs(config.data)]
+    if config.kind == "prm" and config.data is not None:
+        return [Solution(s.problem, _prompt_text(tokenizer, s.problem), s.text, s.labels[-1] != 0, s.labels)
+                for s in load_step_solutions(config.data)]
+    return _sample_solutions(config, lm, tokenizer, say, progress)
+
+
+def _prompt_text(tokenizer: Any, question: str) -> str:
+    return str(tokenizer.decode(render_prompt(tokenizer, [{"role": "user", "content": question}])))
+
+
+def _sample_solutions(config: RewardModelConfig, lm: Any, tokenizer: Any, say: Callable[[str], None],
+                      progress: Callable[[str, int, int], None]) -> list[Solution]:
+    task = load_task(config.task, **config.task_options)
+    examples = task.examples("train", config.num_problems)
+    if config.kind == "prm" and task.step_labels(examples[0], "") is None:
+        raise IncentivizeError(
+            f"task {config.task!r} cannot label solution steps; give PRM800K-format labels with --set data=FILE.jsonl"
+        )
+    generator, generator_tokenizer = (lm, tokenizer) if config.generator is None else load(config.generator)
+    total = len(examples) * config.samples_per_problem
+    say(f"sampling {config.samples_per_problem} solutions for each of {len(examples)} problems "
+        f"({'generator ' + config.generator if config.generator else 'the model itself'}, T {config.temperature})")
+    params = SamplingParams(n=config.samples_per_problem, temperature=config.temperature,
+                            max_new_tokens=config.max_completion_length, seed=config.seed)
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        progress("sample", done[0], total)
+
+    records = sample_completions(generator.eval(), generator_tokenizer, task, examples, params,
+                                 config.generation_batch_size, advance)
+    by_id = {e.id: e for e in examples}
+    out = []
+    for record in records:
+        example = by_id[record.example_id]
+        labels = task.step_labels(example, record.completion) if config.kind == "prm" else None
+        out.append(Solution(example.question, record.prompt, record.completion, record.correct,
+                            supervised_prefix(labels) if labels is not None else []))
+    return out
+
+
+def _split(items: list[Any], share: float) -> tuple[list[Any], list[Any]]:
+    """Training and validation items, split by a hash of the problem text."""
+    def problem(item: Any) -> str:
+        return item.problem if isinstance(item, Solution) else item[0].prompt
+
+    def held_out(text: str) -> bool:
+        return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+    return [i for i in items if not held_out(problem(i))], [i for i in items if held_out(problem(i))]
+
+
+def _describe_labels(config: RewardModelConfig, items: list[Any], say: Callable[[str], None]) -> None:
+    if config.kind == "rm":
+        return
+    correct = sum(s.correct for s in items) / len(items)
+    text = f"{correct:.0%} of training solutions are correct"
+    if config.kind == "prm":
+        labels = [label for s in items for label in s.steps if label >= 0]
+        counts = [labels.count(c) for c in (2, 1, 0)]
+        text += f"; {len(labels)} supervised steps: {counts[0]} positive, {counts[1]} neutral, {counts[2]} negative"
+    say(text)
+
+
+# ---------------------------------------------------------------------------------------------- update
+
+
+def _lm_head(lm: Any, model: Any) -> torch.Tensor:
+    """The output embedding for the joint LM loss: the classifier's own input embedding when the LM
+    ties them (SmolLM2 does), else a trainable copy of the LM's head (not saved)."""
+    if getattr(lm.config, "tie_word_embeddings", False):
+        return model.base_model.get_input_embeddings().weight  # type: ignore[no-any-return]
+    return torch.nn.Parameter(lm.get_output_embeddings().weight.detach().clone())
+
+
+def _update(config: RewardModelConfig, model: Any, lm_head: torch.Tensor | None, tokenizer: Any, batch: list[Any],
+            optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    for start in range(0, len(batch), config.micro_batch_size):
+        micro = batch[start : start + config.micro_batch_size]
+        losses = _losses(config, model, lm_head, tokenizer, micro)
+        loss = torch.stack([weight * value for weight, value in losses.values()]).sum()
+        (loss * len(micro) / len(batch)).backward()
+        for name, (_, value) in losses.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach()) * len(micro) / len(batch)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+    if math.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {**totals, "grad_norm": grad_norm}
+
+
+def _losses(config: RewardModelConfig, model: Any, lm_head: torch.Tensor | None, tokenizer: Any,
+            micro: list[Any]) -> dict[str, tuple[float, torch.Tensor]]:
+    """name -> (weight, loss) of one micro-batch."""
+    pad_id = tokenizer.pad_token_id
+    if config.kind == "rm":
+        encoded = [encode(tokenizer, prompt, pair.chosen, config.max_length) for pair, prompt in micro]
+        encoded += [encode(tokenizer, prompt, pair.rejected, config.max_length) for pair, prompt in micro]
+        hidden, ids = _hidden(model, encoded, pad_id)
+        last = score_head(model)(hidden[torch.arange(len(encoded)), [e.last for e in encoded]])[:, 0]
+        return {"loss": (1.0, bradley_terry_loss(last[: len(micro)], last[len(micro) :]))}
+    encoded = [encode(tokenizer, s.prompt, s.completion, config.max_length) for s in micro]
+    hidden, ids = _hidden(model, encoded, pad_id)
+    logits = score_head(model)(hidden)
+    if config.kind == "orm":
+        targets = torch.zeros(ids.shape)
+        for row, e in enumerate(encoded):
+            first = e.completion_start if config.target == "token" else e.last
+            targets[row, min(first, e.last) : e.last + 1] = 1.0
+        outcomes = torch.tensor([float(s.correct) for s in micro])
+        losses = {"loss": (1.0, outcome_loss(logits[..., 0], outcomes, targets, config.outcome_loss))}
+    else:
+        rows, positions, labels = [], [], []
+        for row, (e, s) in enumerate(zip(encoded, micro)):
+            for position, label in zip(e.step_positions, s.steps):
+                rows.append(row)
+                positions.append(position)
+                labels.append(label)
+        losses = {"loss": (1.0, step_loss(logits[rows, positions], torch.tensor(labels, dtype=torch.long)))}
+    if lm_head is not None:
+        losses["lm_loss"] = (config.lm_loss_weight, _lm_loss(hidden, ids, encoded, lm_head))
+    return losses
+
+
+def _hidden(model: Any, encoded: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = pad(encoded, pad_id, next(model.parameters()).device)
+    return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state, ids
+
+
+def _lm_loss(hidden: torch.Tensor, ids: torch.Tensor, encoded: list[Encoded], lm_head: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the completion tokens (the prompt is not a target)."""
+    rows, positions = [], []
+    for row, e in enumerate(encoded):
+        for position in range(max(e.completion_start, 1), len(e.ids)):
+            rows.append(row)
+            positions.append(position)
+    if not rows:
+        return hidden.sum() * 0.0
+    logits = F.linear(hidden[rows, [p - 1 for p in positions]], lm_head)
+    return F.cross_entropy(logits.float(), ids[rows, positions])
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def _validate(config: RewardModelConfig, verifier: Verifier, items: list[Any]) -> dict[str, Any]:
+    """rm: pairwise accuracy; orm/prm: score separation of correct vs incorrect solutions, accuracy of
+    `score > 0.5`, and best-of-N by the score against a random pick on the validation problems."""
+    if config.kind == "rm":
+        chosen = verifier.score([p for _, p in items], [pair.chosen for pair, _ in items])
+        rejected = verifier.score([p for _, p in items], [pair.rejected for pair, _ in items])
+        return {"pairwise_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / len(items)}
+    scores = verifier.score([s.prompt for s in items], [s.completion for s in items])
+    correct = [s.correct for s in items]
+    metrics: dict[str, Any] = {
+        "solutions": len(items),
+        "correct_share": sum(correct) / len(items),
+        "accuracy": sum((score > 0.5) == c for score, c in zip(scores, correct)) / len(items),
+        "mean_score_correct": _mean([s for s, c in zip(scores, correct) if c]),
+        "mean_score_incorrect": _mean([s for s, c in zip(scores, correct) if not c]),
+    }
+    groups: dict[str, list[tuple[float, bool]]] = {}
+    for item, score in zip(items, scores):
+        groups.setdefault(item.problem, []).append((score, item.correct))
+    metrics["problems"] = len(groups)
+    metrics["best_of_n"] = _mean([float(max(g, key=lambda x: x[0])[1]) for g in groups.values()])
+    metrics["random_pick"] = _mean([sum(c for _, c in g) / len(g) for g in groups.values()])
+    if config.kind == "prm":  # steps labelled positive or negative (neutral ones have no right answer)
+        step_probabilities = verifier.step_scores([s.prompt for s in items], [s.completion for s in items])
+        judged = [(p, label) for s, probabilities in zip(items, step_probabilities)
+                  for p, label in zip(probabilities, s.steps) if label in (0, 2)]
+        metrics["step_accuracy"] = _mean([float((p > 0.5) == (label == 2)) for p, label in judged])
+    return metrics
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
