@@ -9,11 +9,13 @@ from incentivize.algorithms.registry import Registry
 from incentivize.errors import IncentivizeError
 from incentivize.tasks.arithmetic import Arithmetic
 from incentivize.tasks.base import Example, Task, Verdict, render_prompt, reward_columns
+from incentivize.tasks.code import CodeTask
 from incentivize.tasks.gsm8k import GSM8K
 from incentivize.tasks.jsonl import JsonlTask
 
 TASKS: Registry[type[Task]] = Registry("task")
 TASKS.add("arithmetic", Arithmetic)
+TASKS.add("code", CodeTask)
 TASKS.add("gsm8k", GSM8K)
 TASKS.add("jsonl", JsonlTask)
 
