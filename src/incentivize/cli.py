@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from incentivize.errors import IncentivizeError
@@ -38,15 +39,31 @@ def version_command() -> None:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2, never a traceback."""
+    """Entry point: user errors, ours and the option parser's, become one line on stderr and exit
+    status 2, never a traceback."""
+    # click's base error, from the click this typer uses (recent typers carry their own copy)
+    click_error: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="incentivize")
     except IncentivizeError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
-        sys.exit(2)
+        _fail(str(err))
+    except click_error as err:  # a bad option, value or command (typer would draw a box of several lines)
+        message, context = err.format_message(), getattr(err, "ctx", None)
+        if not message:  # `incentivize` alone: the help was shown
+            sys.exit(err.exit_code)
+        _fail(message + (f" (see {context.command_path} --help)" if context is not None else ""), err.exit_code)
+    except typer.Abort:
+        sys.exit(1)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    if isinstance(code, int):  # typer.Exit(n) raised in a command
+        sys.exit(code)
+
+
+def _fail(message: str, status: int = 2) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    sys.exit(status)
 
 
 def _quiet_transformers() -> None:
@@ -85,7 +102,7 @@ def eval_command(
     from incentivize.inference.selection import parse_select, sweep_markdown
     from incentivize.models import load
     from incentivize.rewards import load_reward_function
-    from incentivize.tasks import load_task
+    from incentivize.tasks import chat_template_warning, load_task
 
     _quiet_transformers()
     reward_functions = [load_reward_function(spec) for spec in reward or []]
@@ -100,12 +117,17 @@ def eval_command(
     settings = _settings(EvalSettings, samples=samples, temperature=temperature, top_p=top_p, top_k=top_k,
                          max_new_tokens=max_new_tokens or the_task.max_new_tokens, batch_size=batch_size, seed=seed)
     output = output or Path("results") / f"eval-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    blocker = next((p for p in (output, *output.parents) if p.exists()), output)
+    if blocker.exists() and not blocker.is_dir():  # found now, not after the whole evaluation
+        raise IncentivizeError(f"--output {output}: {blocker} is a file, not a directory; choose another --output")
 
     started = time.perf_counter()
     verifiers, selectors = _load_verifiers(select_specs)
     with console.status(f"loading {model}"):
         the_model, tokenizer = load(model)
     console.print(f"loaded {model} in {time.perf_counter() - started:.1f}s; {len(examples)} {task} problems")
+    if warning := chat_template_warning(tokenizer, model):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     work = len(examples) * (1 + samples + samples * len(verifiers))
     with ProgressReporter("generating and scoring" if verifiers else "generating", work, console) as progress:
         report = evaluate(the_model, tokenizer, the_task, examples, settings, reward_functions=reward_functions,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from incentivize.errors import IncentivizeError
+from incentivize.errors import IncentivizeError, describe
 
 Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
 
@@ -24,7 +24,7 @@ Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforc
 class RLConfig(BaseModel):
     """Everything a run needs. Units: lengths in tokens, steps in optimizer steps of one rollout batch."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # what to train, on what
     algorithm: Algorithm = "grpo"
@@ -102,8 +102,8 @@ class RLConfig(BaseModel):
     def _consistent(self) -> RLConfig:
         if self.generation_batch_size % self.num_generations:
             raise ValueError(
-                f"generation_batch_size ({self.generation_batch_size}) must be a multiple of "
-                f"num_generations ({self.num_generations})"
+                f"generation_batch_size ({self.generation_batch_size}) must be a multiple of num_generations "
+                f"({self.num_generations}), the group size: change one of them so that whole groups fill the batch"
             )
         if self.advantage in ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline") and self.num_generations < 2:
             raise ValueError(f"advantage {self.advantage!r} compares samples of a group: num_generations must be >= 2")
@@ -153,9 +153,12 @@ def load_config(algorithm: str, path: str | Path | None = None, overrides: list[
         raise IncentivizeError(_unknown("algorithm", algorithm, PRESETS))
     values: dict[str, Any] = {"algorithm": algorithm, **PRESETS[algorithm]}
     sources = [f"preset {algorithm}"]
+    origins: dict[str, Path | str] = {}  # where each key was set, for error messages
     if path is not None:
         sources.append(str(path))
-        values.update(_read_yaml(Path(path)))
+        from_file = _read_yaml(Path(path))
+        values.update(from_file)
+        origins.update(dict.fromkeys(map(str, from_file), Path(path)))
         if values.get("algorithm", algorithm) != algorithm:
             raise IncentivizeError(
                 f"{path}: algorithm is {values['algorithm']!r} but the command trains {algorithm!r}; "
@@ -165,9 +168,15 @@ def load_config(algorithm: str, path: str | Path | None = None, overrides: list[
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(values, key, value)
+        origins[key.partition(".")[0]] = f"--set {item}"
     if overrides:
         sources.append("--set")
-    return _validate(values, f"config ({' + '.join(sources)})")
+        if values["algorithm"] != algorithm:
+            raise IncentivizeError(
+                f"--set algorithm={values['algorithm']} but the command trains {algorithm!r}; "
+                f"run `incentivize train {values['algorithm']}` instead"
+            )
+    return _validate(values, f"config ({' + '.join(sources)})", origins)
 
 
 def load_run_config(run_dir: str | Path) -> RLConfig:
@@ -177,14 +186,20 @@ def load_run_config(run_dir: str | Path) -> RLConfig:
         raise IncentivizeError(f"{run_dir} is not a run directory: {path} does not exist")
     values = _read_yaml(path)
     values["output_dir"] = str(run_dir)
-    return _validate(values, str(path))
+    return _validate(values, str(path), dict.fromkeys(map(str, values), path))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise IncentivizeError(f"config file {path} does not exist")
+        what = "is a directory, not a YAML file" if path.is_dir() else "does not exist"
+        raise IncentivizeError(f"config file {path} {what}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise IncentivizeError(f"{path}:{line}: not UTF-8 text; a config file is YAML text") from None
+    except OSError as err:
+        raise IncentivizeError(f"cannot read config file {path}: {describe(err)}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -192,19 +207,36 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise IncentivizeError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        raise IncentivizeError(
+            f"{path}: expected a mapping of config keys (`key: value` lines), got a YAML {type(data).__name__}"
+        )
     return data
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
+    """`key=value`, the value read as YAML (`3`, `1e-5`, `true`, `null`, `[a, b]`) unless the field is text."""
     key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
+    key = key.strip()
+    if not sep or not key:
         raise IncentivizeError(f"--set {item!r}: expected key=value, e.g. --set beta=0.04")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    field = RLConfig.model_fields.get(key)
+    return key, value if field is None else _as_field_value(field.annotation, raw.strip(), value)
+
+
+def _as_field_value(annotation: Any, text: str, parsed: Any) -> Any:
+    """A field of text takes the text as typed (`--set model=2024` names a directory, not a number,
+    `--set model=#1` is no YAML comment); `null` still clears an optional one, and a field that also
+    takes a list still reads a YAML list."""
+    options = set(get_args(annotation))
+    if annotation is str or (options == {str, type(None)} and text not in ("null", "Null", "NULL", "~")):
+        return text
+    if str in options and isinstance(parsed, (bool, int, float)):
+        return text
+    return parsed
 
 
 def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
@@ -219,17 +251,44 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     target[rest] = value
 
 
-def _validate(values: dict[str, Any], source: str) -> RLConfig:
-    unknown = [k for k in values if k not in RLConfig.model_fields]
+def _validate(values: dict[str, Any], source: str, origins: dict[str, Path | str]) -> RLConfig:
+    """An RLConfig, or an error that names where the bad key was set (`file.yaml:LINE`, `--set k=v`)."""
+    unknown = [str(k) for k in values if k not in RLConfig.model_fields]
     if unknown:
-        raise IncentivizeError(f"{source}: {_unknown('config key', unknown[0], RLConfig.model_fields)}")
+        where = _where(unknown[0], source, origins)
+        raise IncentivizeError(f"{where}: {_unknown('config key', unknown[0], RLConfig.model_fields)}")
     try:
         return RLConfig(**values)
     except ValidationError as err:
         first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "config"
-        given = f" (got {first['input']!r})" if first["loc"] and not isinstance(first.get("input"), dict) else ""
-        raise IncentivizeError(f"{source}: {field}: {first['msg']}{given}") from None
+        if not first["loc"]:  # a check across fields (`_consistent`): its message names them
+            raise IncentivizeError(f"{source}: {first['msg'].removeprefix('Value error, ')}") from None
+        field = ".".join(str(p) for p in first["loc"])
+        given = f" (got {first['input']!r})" if not isinstance(first.get("input"), dict) else ""
+        where = _where(str(first["loc"][0]), source, origins)
+        raise IncentivizeError(f"{where}: {field}: {first['msg']}{given}") from None
+
+
+def _where(key: str, source: str, origins: dict[str, Path | str]) -> str:
+    """`file.yaml:LINE` or `--set key=value` for a key set there, else `source`."""
+    origin = origins.get(key)
+    if isinstance(origin, Path):
+        line = _key_line(origin, key)
+        return f"{origin}:{line}" if line else str(origin)
+    return origin or source
+
+
+def _key_line(path: Path, key: str) -> int | None:
+    """The line of top-level `key` in the YAML file at `path`."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if isinstance(node, yaml.MappingNode):
+        for name, _ in node.value:
+            if isinstance(name, yaml.ScalarNode) and name.value == key:
+                return int(name.start_mark.line) + 1
+    return None
 
 
 def _unknown(kind: str, name: str, choices: Any) -> str:

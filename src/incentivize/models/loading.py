@@ -82,12 +82,28 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 
 def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Config, tokenizer, weights, in that order, so that the error names the part that is broken.
+    Loaders of user files raise arbitrary types (a torn safetensors file, an odd config), hence the
+    broad catches."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
+        AutoConfig.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001
+        raise IncentivizeError(
+            f"{path / 'config.json'} is not a usable model config ({describe(err)}); point --model at a directory "
+            "written by save_pretrained"
+        ) from err
+    try:
         tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001
+        raise IncentivizeError(
+            f"could not load a tokenizer from {path} ({describe(err)}); the directory needs the tokenizer's files "
+            "(tokenizer.json, tokenizer_config.json) next to config.json"
+        ) from err
+    try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001
         raise IncentivizeError(f"could not load a causal LM from {path}: {describe(err)}") from err
     return model, tokenizer
 

@@ -73,3 +73,13 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
         return list(ids)
     text = "\n\n".join(m["content"] for m in messages) + "\n\n"
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def chat_template_warning(tokenizer: Any, model: str) -> str | None:
+    """One line to show when `tokenizer` has no chat template (prompts are then plain text), else None.
+
+    Not an error: a base model has no template, and plain-text prompts are how R1-Zero-style runs start."""
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    return (f"the tokenizer of {model} has no chat template, so prompts are plain text (question, then answer "
+            "instruction); if the model is a chat model, give its tokenizer a chat template")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from incentivize.errors import IncentivizeError
+from incentivize.errors import IncentivizeError, describe
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
@@ -15,19 +15,27 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise IncentivizeError(f"data file {path} does not exist" if not path.exists() else f"data path {path} is not a file")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise IncentivizeError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise IncentivizeError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as err:
+        raise IncentivizeError(f"cannot read data file {path}: {describe(err)}") from None
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise IncentivizeError(f"{path}:{number}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                                   f"{err.start + 1}); save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise IncentivizeError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise IncentivizeError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append((number, row))
     if not rows:
-        raise IncentivizeError(f"data file {path} has no rows")
+        raise IncentivizeError(f"data file {path} has no rows: write one JSON object per line")
     return rows
 
 

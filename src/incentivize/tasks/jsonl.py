@@ -31,8 +31,10 @@ class JsonlTask(Task):
         rows = read_jsonl(self.path)
         out = []
         for number, row in rows[:limit] if limit is not None else rows:
-            prompt = field_text(self.path, number, row, self.prompt_field, "--prompt-field")
-            answer = field_text(self.path, number, row, self.answer_field, "--answer-field")
+            prompt = field_text(self.path, number, row, self.prompt_field,
+                                "--prompt-field (train: task_options.prompt_field)")
+            answer = field_text(self.path, number, row, self.answer_field,
+                                "--answer-field (train: task_options.answer_field)")
             if not answer.strip():
                 raise IncentivizeError(f"{self.path}:{number}: field {self.answer_field!r} is empty")
             extra = {k: v for k, v in row.items() if k not in (self.prompt_field, self.answer_field)}

@@ -44,7 +44,7 @@ from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.rewards import load_reward_function
 from incentivize.rollout import Rollouts, SamplingParams, generate
-from incentivize.tasks import Example, Task, load_task, render_prompt
+from incentivize.tasks import Example, Task, chat_template_warning, load_task, render_prompt
 from incentivize.trainers.policy import Batch, Models, build_models, token_logprobs, token_values
 from incentivize.trainers.sampler import PromptSampler
 from incentivize.trainers.scoring import Scorer, Scores
@@ -89,13 +89,15 @@ def train(
     started = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    run_dir = _resume_dir(config) if resume else _make_run_dir(config)
+    run_dir = _resume_dir(config) if resume else _new_run_dir(config)
     task = load_task(config.task, **config.task_options)
     train_examples = _examples(task, "train", None)
     eval_examples = _examples(task, "test", config.eval_limit)
     say(f"run directory {run_dir}; {len(train_examples)} training and {len(eval_examples)} held-out problems")
 
     models = build_models(config)
+    if warning := chat_template_warning(models.tokenizer, config.model):
+        say(f"warning: {warning}")
     scorer = Scorer(
         task, [load_reward_function(spec) for spec in config.rewards], config.reward_weights, config.format_reward,
         config.max_completion_length, config.overlong_buffer, config.overlong_penalty,
@@ -106,6 +108,8 @@ def train(
     if resume:
         done = _restore(run_dir, models, learner, sampler)
         say(f"resuming after step {done}")
+    else:  # only now, once the model, data and reward functions have loaded: bad input leaves no trace
+        _create_run_dir(run_dir, config)
     metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
     samples_file = (run_dir / "samples.jsonl").open("a", encoding="utf-8")
     prompt_cache: dict[int, list[int]] = {}
@@ -142,7 +146,8 @@ def train(
                 on_step(step, metrics)
             if config.save_steps and step % config.save_steps == 0:
                 save_checkpoint(run_dir / "checkpoints", step, models.policy, models.tokenizer,
-                                learner.state_dict() | {"rng": rng_state()}, {"sampler": sampler.state_dict()},
+                                learner.state_dict() | {"rng": rng_state()},
+                                {"sampler": sampler.state_dict(), "config": config.model_dump()},
                                 config.save_total_limit, critic=models.critic)
     finally:
         metrics_file.close()
@@ -447,10 +452,38 @@ def _examples(task: Task, split: str, limit: int | None) -> list[Example]:
     return examples
 
 
+# Settings that may change between the start of a run and its resumption (edited in its config.yaml).
+RESUMABLE_CHANGES = frozenset({"output_dir", "max_steps", "eval_steps", "eval_limit", "eval_before", "save_steps",
+                               "save_total_limit"})
+
+
 def _resume_dir(config: RLConfig) -> Path:
+    """The run to continue, checked before anything loads: its config.yaml must still be the config its
+    newest checkpoint was written with, and a finished run is not run again."""
     if not config.output_dir or not (Path(config.output_dir) / "config.yaml").exists():
         raise IncentivizeError(f"cannot resume {config.output_dir}: it holds no run (config.yaml missing)")
-    return Path(config.output_dir)
+    run_dir = Path(config.output_dir)
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    try:
+        saved = json.loads((checkpoint / "trainer_state.json").read_text()).get("config") if checkpoint else None
+    except (OSError, ValueError, AttributeError):
+        saved = None  # _restore reports an unreadable checkpoint
+    if isinstance(saved, dict):  # checkpoints written before they kept their config are not compared
+        now = json.loads(json.dumps(config.model_dump()))
+        changed = [k for k in now if k in saved and k not in RESUMABLE_CHANGES and saved[k] != now[k]]
+        if changed:
+            diff = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed[:3])
+            raise IncentivizeError(
+                f"cannot resume {run_dir}: its config.yaml differs from the config of {checkpoint} ({diff}); "
+                "put the old values back, or start a new run with the new ones"
+            )
+    finished = checkpoint is not None and (run_dir / "final").exists()
+    if finished and (not isinstance(saved, dict) or saved.get("max_steps", 0) >= config.max_steps):
+        raise IncentivizeError(
+            f"{run_dir} is finished ({run_dir / 'final'} holds its model); to train further, raise max_steps in "
+            f"{run_dir / 'config.yaml'} and resume again"
+        )
+    return run_dir
 
 
 def _restore(run_dir: Path, models: Models, learner: Learner, sampler: PromptSampler) -> int:
@@ -489,15 +522,31 @@ def _truncate_jsonl(path: Path, step: int) -> None:
     partial.replace(path)
 
 
-def _make_run_dir(config: RLConfig) -> Path:
-    if config.output_dir:
-        run_dir = Path(config.output_dir)
-        if (run_dir / "metrics.jsonl").exists():
-            raise IncentivizeError(
-                f"{run_dir} already holds a run (metrics.jsonl); choose another --output-dir so nothing is overwritten"
-            )
-    else:
-        run_dir = Path("runs") / f"{config.algorithm}-{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+def _new_run_dir(config: RLConfig) -> Path:
+    """Where a new run will go (created by `_create_run_dir`); a directory holding another run is refused."""
+    if not config.output_dir:
+        return Path("runs") / f"{config.algorithm}-{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(config.output_dir)
+    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists()), run_dir)
+    if blocker.exists() and not blocker.is_dir():
+        raise IncentivizeError(f"output_dir {run_dir}: {blocker} is a file, not a directory; choose another --output-dir")
+    if (run_dir / "metrics.jsonl").exists():
+        raise IncentivizeError(
+            f"{run_dir} already holds a run (metrics.jsonl); choose another --output-dir so nothing is overwritten"
+        )
+    existing = run_dir / "config.yaml"
+    if existing.exists() and existing.read_text(encoding="utf-8", errors="replace") != _config_text(config):
+        raise IncentivizeError(
+            f"{run_dir} already holds another run's {existing.name}; choose another --output-dir so nothing is "
+            "overwritten"
+        )
     return run_dir
+
+
+def _create_run_dir(run_dir: Path, config: RLConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(_config_text(config), encoding="utf-8")
+
+
+def _config_text(config: RLConfig) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)
