@@ -163,3 +163,71 @@ def test_loaded_file_function_end_to_end(tmp_path: Path) -> None:
     call = call_reward_function(fn, ["p"] * 3, ["2", "0", "4"], {})
     assert call.values == [0.5, None, 0.25]
     assert call.errors == [None, "ZeroDivisionError: division by zero", None]
+
+
+def hangs_on_some(prompts: list, completions: list, **kwargs: object) -> list[float]:
+    """Sleeps for ever on 'sleep', spins for ever on 'spin', raises on 'bad'; else the length."""
+    import time
+
+    out = []
+    for completion in completions:
+        if completion == "sleep":
+            time.sleep(1000)
+        while completion == "spin":
+            pass
+        if completion == "bad":
+            raise ValueError("bad sample")
+        out.append(float(len(completion)))
+    return out
+
+
+def test_a_hanging_sample_times_out_and_costs_only_its_own_reward() -> None:
+    import time
+
+    started = time.monotonic()
+    call = call_reward_function(hangs_on_some, ["p"] * 5, ["ab", "sleep", "abc", "spin", "bad"], {}, timeout_s=0.2)
+    assert time.monotonic() - started < 3  # the batch call, then one limited call per sample
+    assert call.values == [2.0, None, 3.0, None, None]
+    assert call.errors[1] == call.errors[3] == "timed out after 0.2 s"
+    assert call.errors[4] == "ValueError: bad sample"
+    assert call.timeouts == 2
+
+
+def test_a_reward_that_swallows_the_interruption_is_still_stopped() -> None:
+    import time
+
+    def sloppy(prompts: list, completions: list) -> list[float]:
+        try:
+            time.sleep(1000)
+        except BaseException:  # a bare except around a slow call: the alarm repeats, and stops the next one
+            pass
+        time.sleep(1000)
+        return [1.0]
+
+    def late(prompts: list, completions: list) -> list[float]:
+        try:
+            time.sleep(1000)
+        except BaseException:  # swallows the interruption and answers anyway: too late to count
+            pass
+        return [1.0]
+
+    started = time.monotonic()
+    for fn in (sloppy, late):
+        call = call_reward_function(fn, ["p"], ["a"], {}, timeout_s=0.1)
+        assert call.values == [None] and call.timeouts == 1, fn
+    assert time.monotonic() - started < 3
+
+
+def test_the_time_limit_holds_off_the_main_thread_and_leaves_no_alarm() -> None:
+    import signal
+    import threading
+
+    handler = signal.getsignal(signal.SIGALRM)
+    outcome: list[RewardCall] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(call_reward_function(hangs_on_some, ["p"] * 2, ["sleep", "ab"], {}, timeout_s=0.2))
+    )
+    worker.start()
+    worker.join(10)
+    assert outcome and outcome[0].values == [None, 2.0] and outcome[0].timeouts == 1
+    assert signal.getsignal(signal.SIGALRM) is handler and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

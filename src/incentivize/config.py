@@ -34,6 +34,10 @@ class RLConfig(BaseModel):
     rewards: list[str] = Field(default_factory=list, description="extra reward functions path/to/file.py:name")
     reward_weights: list[float] | None = Field(default=None, description="weights of [correctness, *rewards]")
     format_reward: float = Field(default=0.0, description="weight of the built-in format reward")
+    reward_timeout_s: float = Field(default=10.0, gt=0.0, description="time limit of one call of a reward function")
+    on_reward_error: Literal["skip", "raise"] = Field(
+        default="skip", description="a reward function that fails or times out on a sample: skip (no reward) or raise"
+    )
     output_dir: str | None = None
     seed: int = 0
 

@@ -2,6 +2,7 @@
 
 User code is the least trusted part of a run, so loading fails with one clear line, and
 calling isolates failures per sample: one bad sample costs its own reward, not the batch.
+Each call is time-limited (:mod:`incentivize.timelimit`): a call that hangs counts as failed.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from types import ModuleType
 from typing import Any
 
 from incentivize.errors import IncentivizeError, describe
+from incentivize.timelimit import TimedOut, call_with_time_limit
 
-__all__ = ["RewardCall", "call_reward_function", "load_reward_function", "reward_name"]
+__all__ = ["DEFAULT_TIMEOUT_S", "RewardCall", "call_reward_function", "load_reward_function", "reward_name"]
+
+DEFAULT_TIMEOUT_S = 10.0  # per call of a user reward function (the batch, or one sample on retry)
 
 RewardFunction = Callable[..., Any]
 
@@ -133,10 +137,12 @@ class RewardCall:
 
     ``values[i]`` is None when the function gave no usable reward for sample i; then
     ``errors[i]`` says why, unless the function itself returned None ("not applicable").
+    ``timeouts`` counts the samples whose error is that their call ran out of time.
     """
 
     values: list[float | None]
     errors: list[str | None]
+    timeouts: int = 0
 
 
 def _coerce(value: Any) -> tuple[float | None, str | None]:
@@ -165,20 +171,23 @@ def _as_list(result: Any, expected: int) -> tuple[list[Any] | None, str | None]:
 
 
 def call_reward_function(
-    fn: RewardFunction, prompts: list, completions: list, columns: dict[str, list]
+    fn: RewardFunction, prompts: list, completions: list, columns: dict[str, list],
+    *, timeout_s: float | None = DEFAULT_TIMEOUT_S,
 ) -> RewardCall:
     """Call ``fn(prompts, completions, **columns)`` on the batch, isolating failures per sample.
 
-    If the batch call raises, each sample is retried alone (one-element lists), so one
-    bad sample does not cost the others their rewards.
+    If the batch call raises or takes longer than ``timeout_s`` seconds, each sample is retried
+    alone (one-element lists, each call with the same limit), so one bad or hanging sample does
+    not cost the others their rewards. The worst case is therefore ``(1 + n) * timeout_s``.
+    ``timeout_s=None`` sets no limit.
     """
     n = len(completions)
     if n == 0:
         return RewardCall(values=[], errors=[])
     try:
-        result = fn(prompts, completions, **columns)
+        result = _limited(lambda: fn(prompts, completions, **columns), timeout_s)
     except Exception:
-        return _call_per_sample(fn, prompts, completions, columns)
+        return _call_per_sample(fn, prompts, completions, columns, timeout_s)
     values, error = _as_list(result, n)
     if values is None:
         return RewardCall(values=[None] * n, errors=[error] * n)
@@ -186,8 +195,12 @@ def call_reward_function(
     return RewardCall(values=[v for v, _ in coerced], errors=[e for _, e in coerced])
 
 
+def _limited(work: Callable[[], Any], timeout_s: float | None) -> Any:
+    return work() if timeout_s is None else call_with_time_limit(work, timeout_s)
+
+
 def _call_per_sample(
-    fn: RewardFunction, prompts: list, completions: list, columns: dict[str, list]
+    fn: RewardFunction, prompts: list, completions: list, columns: dict[str, list], timeout_s: float | None
 ) -> RewardCall:
     call = RewardCall(values=[], errors=[])
     for i in range(len(completions)):
@@ -195,7 +208,10 @@ def _call_per_sample(
         value: float | None
         error: str | None
         try:
-            result = fn(prompts[i : i + 1], completions[i : i + 1], **one_columns)
+            result = _limited(lambda: fn(prompts[i : i + 1], completions[i : i + 1], **one_columns), timeout_s)
+        except TimedOut as err:
+            value, error = None, str(err)
+            call.timeouts += 1
         except Exception as err:
             value, error = None, describe(err)
         else:

@@ -7,17 +7,8 @@ math-verify, which parses LaTeX and plain expressions into SymPy and compares th
 Time limit. SymPy can take unbounded time on adversarial input, and math-verify's own
 timeout uses ``signal.alarm``: whole seconds, per expression rather than per call, and
 an error outside the main thread. So we switch it off and bound the whole comparison
-ourselves, in one of two ways:
-
-* In the main thread (when no other real-time timer is armed) a ``SIGALRM`` from
-  ``signal.setitimer`` interrupts the work after ``timeout_s``; the work really stops.
-* Elsewhere (worker threads, or an outer timer already armed) the work runs in a
-  daemon thread that we wait on for ``timeout_s``. The caller gets False on time, but a
-  runaway computation cannot be killed: it keeps its thread (and a share of the GIL)
-  until it finishes on its own, and dies with the process at the latest.
-
-Both bounds rely on the interpreter getting control back: a single C-level SymPy call
-that never returns to Python delays the signal until it does.
+with :func:`incentivize.timelimit.call_with_time_limit` (a ``SIGALRM`` in the main
+thread, a daemon thread we stop waiting for elsewhere; see that module for the limits).
 """
 
 from __future__ import annotations
@@ -25,21 +16,15 @@ from __future__ import annotations
 import logging
 import math
 import re
-import signal
-import threading
-from collections.abc import Callable
 from fractions import Fraction
 
 from incentivize.rewards.extract import normalize_number
+from incentivize.timelimit import TimedOut, call_with_time_limit
 
 __all__ = ["answers_match"]
 
 _SIMPLE_FRACTION = re.compile(r"\s*(?P<num>[-+]?\d+)\s*/\s*(?P<den>\d+)\s*")
 _LATEX_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed")
-
-
-class _Deadline(BaseException):
-    """Raised by our SIGALRM handler. A BaseException so math-verify's ``except Exception`` lets it through."""
 
 
 class _QuietTimeoutWarning(logging.Filter):
@@ -110,49 +95,6 @@ def _symbolic_match(predicted: str, gold: str) -> bool:
     return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=None))
 
 
-def _can_use_alarm() -> bool:
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        return False
-    # Someone else's alarm is armed, or a handler we could not restore is set: leave them alone.
-    return signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is not None
-
-
-def _raise_deadline(signum: int, frame: object) -> None:
-    raise _Deadline
-
-
-def _within_alarm(work: Callable[[], bool], timeout_s: float) -> bool:
-    """Run ``work`` in this (main) thread, interrupted by SIGALRM after ``timeout_s``."""
-    previous_handler = signal.signal(signal.SIGALRM, _raise_deadline)
-    try:
-        try:
-            signal.setitimer(signal.ITIMER_REAL, timeout_s)
-            try:
-                return work()
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        except _Deadline:
-            return False
-    finally:
-        signal.signal(signal.SIGALRM, previous_handler)
-
-
-def _within_thread(work: Callable[[], bool], timeout_s: float) -> bool:
-    """Run ``work`` in a daemon thread and stop waiting for it after ``timeout_s``."""
-    result: list[bool] = []
-
-    def target() -> None:
-        try:
-            result.append(work())
-        except Exception:
-            result.append(False)
-
-    worker = threading.Thread(target=target, name="incentivize-verify", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    return bool(result and result[0])
-
-
 def answers_match(predicted: str | None, gold: str, *, timeout_s: float = 5.0) -> bool:
     """Whether ``predicted`` denotes the same value as ``gold``; never raises on any answer.
 
@@ -187,6 +129,7 @@ def answers_match(predicted: str | None, gold: str, *, timeout_s: float = 5.0) -
         _import_math_verify()
     except Exception:
         return False
-    if _can_use_alarm():
-        return _within_alarm(work, timeout_s)
-    return _within_thread(work, timeout_s)
+    try:
+        return call_with_time_limit(work, timeout_s)
+    except TimedOut:
+        return False

@@ -101,6 +101,7 @@ def train(
     scorer = Scorer(
         task, [load_reward_function(spec) for spec in config.rewards], config.reward_weights, config.format_reward,
         config.max_completion_length, config.overlong_buffer, config.overlong_penalty,
+        timeout_s=config.reward_timeout_s, on_error=config.on_reward_error,
     )
     sampler = PromptSampler(len(train_examples), config.seed)
     learner = Learner(config, models)
@@ -354,7 +355,7 @@ def _collect(config: RLConfig, models: Models, task: Task, examples: list[Exampl
     scores = Scores(
         rewards=torch.cat([p[2].rewards for p in parts]), correct=torch.cat([p[2].correct for p in parts]),
         components={k: [v for p in parts for v in p[2].components[k]] for k in parts[0][2].components},
-        errors=[e for p in parts for e in p[2].errors],
+        errors=[e for p in parts for e in p[2].errors], timeouts=sum(p[2].timeouts for p in parts),
     )
     return StepData(rollouts, [e for p in parts for e in p[1]], scores, zero_share, rounds,
                     generate_seconds, score_seconds, [t for p in parts for t in p[3]])
@@ -370,7 +371,7 @@ def _varies(by_group: torch.Tensor) -> torch.Tensor:
 def _select_scores(scores: Scores, rows: list[int]) -> Scores:
     index = torch.tensor(rows, dtype=torch.long)
     return Scores(scores.rewards[index], scores.correct[index],
-                  {k: [v[r] for r in rows] for k, v in scores.components.items()}, scores.errors)
+                  {k: [v[r] for r in rows] for k, v in scores.components.items()}, scores.errors, scores.timeouts)
 
 
 def _rollout_metrics(data: StepData) -> dict[str, float]:
@@ -387,7 +388,8 @@ def _rollout_metrics(data: StepData) -> dict[str, float]:
         "completion_length_incorrect": float(lengths[~correct].mean()) if (~correct).any() else float("nan"),
         "truncated_share": sum(r == "length" for r in data.rollouts.finish_reasons) / len(data.rollouts),
         "zero_variance_groups": data.zero_variance_share,
-        "reward_errors": float(len(data.scores.errors)),
+        "reward_errors": float(len(data.scores.errors)),  # samples a reward function failed on (no reward)
+        "reward_timeouts": float(data.scores.timeouts),  # of those, the ones whose call ran out of time
         "sampling_rounds": float(data.rounds),
     }
     for name, values in data.scores.components.items():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from incentivize.errors import IncentivizeError
 from incentivize.rewards import call_reward_function, format_reward, reward_name
+from incentivize.rewards.user import DEFAULT_TIMEOUT_S
 from incentivize.tasks import Example, Task, reward_columns
 
 
@@ -19,7 +21,8 @@ class Scores:
     rewards: torch.Tensor  # (B,) float32
     correct: torch.Tensor  # (B,) bool, the task verifier's verdict
     components: dict[str, list[float | None]] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)  # one text per failed user-reward call
+    errors: list[str] = field(default_factory=list)  # one text per sample a user reward failed on
+    timeouts: int = 0  # of those, the samples whose reward call ran out of time
 
 
 def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
@@ -35,7 +38,12 @@ def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor
 
 
 class Scorer:
-    """Weighted sum of rewards: `correctness` (1 if the task verifies the answer) and the rest."""
+    """Weighted sum of rewards: `correctness` (1 if the task verifies the answer) and the rest.
+
+    A user reward function that fails on a sample (raises, returns no number, or exceeds
+    `timeout_s`) gives that sample no reward (NaN) with `on_error="skip"`, and stops the run
+    with an `IncentivizeError` naming the function and the error with `on_error="raise"`.
+    """
 
     def __init__(
         self,
@@ -46,12 +54,16 @@ class Scorer:
         max_length: int = 0,
         overlong_buffer: int = 0,
         overlong_factor: float = 1.0,
+        *,
+        timeout_s: float | None = DEFAULT_TIMEOUT_S,
+        on_error: Literal["skip", "raise"] = "skip",
     ) -> None:
         self.task = task
         self.reward_functions = list(reward_functions)
         self.weights = list(weights) if weights is not None else [1.0] * (1 + len(self.reward_functions))
         self.format_weight = format_weight
         self.max_length, self.overlong_buffer, self.overlong_factor = max_length, overlong_buffer, overlong_factor
+        self.timeout_s, self.on_error = timeout_s, on_error
 
     def __call__(self, examples: Sequence[Example], prompts: Sequence[str], completions: Sequence[str],
                  lengths: torch.Tensor) -> Scores:
@@ -65,12 +77,20 @@ class Scorer:
             total = total + self.format_weight * torch.tensor(formats)
         columns = reward_columns(examples)
         for fn, weight in zip(self.reward_functions, self.weights[1:]):
-            call = call_reward_function(fn, list(prompts), list(completions), columns)
+            call = call_reward_function(fn, list(prompts), list(completions), columns, timeout_s=self.timeout_s)
+            failures = [e for e in call.errors if e is not None]
+            if failures and self.on_error == "raise":
+                raise IncentivizeError(
+                    f"reward function {reward_name(fn)} failed on {len(failures)} of {len(completions)} samples "
+                    f"(first: {failures[0]}); on_reward_error=raise stops the run, on_reward_error=skip gives "
+                    "such samples no reward"
+                )
             scores.components[reward_name(fn)] = call.values
             failed = torch.tensor([e is not None for e in call.errors])
             values = torch.tensor([0.0 if v is None else v for v in call.values])  # None: does not apply
             total = torch.where(failed, torch.nan, total + weight * values)
-            scores.errors += [e for e in call.errors if e is not None]
+            scores.errors += failures
+            scores.timeouts += call.timeouts
         if self.overlong_buffer:
             penalty = overlong_penalty(lengths, self.max_length, self.overlong_buffer, self.overlong_factor)
             scores.components["overlong"] = penalty.tolist()

@@ -1,0 +1,80 @@
+"""Faults during training: failing and hanging reward functions."""
+
+import json
+import sys
+import time
+import zlib
+
+import pytest
+
+from incentivize.config import load_config
+from incentivize.trainers import rl
+
+# Which completion fails how follows a hash of its text, so each step mixes good, raising and hanging samples.
+REWARDS = """
+import time
+import zlib
+
+def flaky(prompts, completions, **columns):
+    out = []
+    for c in completions:
+        kind = zlib.crc32(c.encode()) % 5
+        if kind == 0:
+            raise ValueError("flaky failed")
+        if kind == 1:
+            time.sleep(1000)
+        while kind == 2:
+            pass
+        out.append(len(c) / 40.0)
+    return out
+
+
+def length(prompts, completions, **columns):
+    return [len(c) / 40.0 for c in completions]
+"""
+
+
+def _overrides(tmp_path, *extra):
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    return ["model=tiny-random", "max_steps=2", "num_generations=4", "generation_batch_size=8",
+            "max_completion_length=8", "learning_rate=1e-3", "micro_batch_size=4", "eval_before=false",
+            "eval_limit=2", f"rewards=[{tmp_path}/rewards.py:flaky]", "reward_timeout_s=0.3",
+            f"output_dir={tmp_path}/run", *extra]
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _run_cli(monkeypatch, capsys, overrides):
+    """`incentivize train grpo --set ...` in this process: (exit status, the lines starting with 'error:')."""
+    from incentivize import cli
+
+    monkeypatch.setattr(sys, "argv", ["incentivize", "train", "grpo", *[i for o in overrides for i in ("--set", o)]])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    stderr = capsys.readouterr().err
+    return exited.value.code, [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_raising_and_hanging_rewards_cost_only_their_samples_and_are_counted(tmp_path):
+    started = time.monotonic()
+    result = rl.train(load_config("grpo", None, _overrides(tmp_path)))
+    assert time.monotonic() - started < 20
+    rows, samples = _rows(result.run_dir / "metrics.jsonl"), _rows(result.run_dir / "samples.jsonl")
+    kinds = [zlib.crc32(s["completion"].encode()) % 5 for s in samples]
+    assert {0, 1, 2} <= set(kinds) and any(k > 2 for k in kinds)  # raising, sleeping, spinning and good samples
+    for row in rows:
+        step_kinds = [k for k, s in zip(kinds, samples) if s["step"] == row["step"]]
+        assert row["reward_errors"] == sum(k <= 2 for k in step_kinds)
+        assert row["reward_timeouts"] == sum(k in (1, 2) for k in step_kinds)
+    for kind, sample in zip(kinds, samples):
+        assert (sample["reward"] is None) == (kind <= 2)  # no reward: left out of the advantages and the loss
+    assert (result.run_dir / "final").exists()
+
+
+def test_on_reward_error_raise_stops_the_run_with_one_line(tmp_path, monkeypatch, capsys):
+    status, errors = _run_cli(monkeypatch, capsys, _overrides(tmp_path, "on_reward_error=raise"))
+    assert status == 2 and len(errors) == 1
+    assert "reward function flaky failed on" in errors[0]
+    assert "ValueError: flaky failed" in errors[0] or "timed out after 0.3 s" in errors[0]
