@@ -1,4 +1,4 @@
-"""Faults during training: failing and hanging reward functions."""
+"""Faults during training: failing and hanging reward functions, NaN losses."""
 
 import json
 import sys
@@ -6,8 +6,11 @@ import time
 import zlib
 
 import pytest
+import torch
 
+from incentivize.checkpoint import complete_checkpoints, load_checkpoint
 from incentivize.config import load_config
+from incentivize.models import load
 from incentivize.trainers import rl
 
 # Which completion fails how follows a hash of its text, so each step mixes good, raising and hanging samples.
@@ -78,3 +81,45 @@ def test_on_reward_error_raise_stops_the_run_with_one_line(tmp_path, monkeypatch
     assert status == 2 and len(errors) == 1
     assert "reward function flaky failed on" in errors[0]
     assert "ValueError: flaky failed" in errors[0] or "timed out after 0.3 s" in errors[0]
+
+
+def test_nan_losses_skip_updates_then_stop_the_run_with_the_last_checkpoint_intact(tmp_path, monkeypatch, capsys):
+    nan_steps, current = {2, 4, 5}, {"step": 0}
+    collect, clip_loss = rl._collect, rl.ppo_clip_loss
+
+    def tracking_collect(*args, **kwargs):
+        current["step"] = args[-1]
+        return collect(*args, **kwargs)
+
+    def poisoned_loss(*args, **kwargs):  # NaN in the loss itself, hence in every gradient
+        per_token, stats = clip_loss(*args, **kwargs)
+        return (per_token * torch.nan if current["step"] in nan_steps else per_token), stats
+
+    monkeypatch.setattr(rl, "_collect", tracking_collect)
+    monkeypatch.setattr(rl, "ppo_clip_loss", poisoned_loss)
+    status, errors = _run_cli(monkeypatch, capsys, _overrides(
+        tmp_path, "max_steps=6", "max_nonfinite_steps=2", "save_steps=1", "save_total_limit=10",
+        f"rewards=[{tmp_path}/rewards.py:length]",
+    ))
+    run = tmp_path / "run"
+    checkpoints = run / "checkpoints"
+    assert status == 2 and len(errors) == 1
+    assert "step 5: the loss or gradient was NaN or infinite in 2 steps in a row" in errors[0]
+    assert str(checkpoints / "step-000004") in errors[0]
+    rows = _rows(run / "metrics.jsonl")
+    assert [r["nonfinite_streak"] for r in rows] == [0, 1, 0, 1, 2]  # a good step ends a streak
+    assert [r["skipped_steps"] for r in rows] == [0, 1, 1, 2, 3]
+    assert [r["loss"] is None for r in rows] == [False, True, False, True, True]
+    assert [p.name for p in complete_checkpoints(checkpoints)] == [f"step-{s:06d}" for s in (1, 2, 3, 4)]
+    assert not (run / "final").exists()
+    # the newest checkpoint loads, holds finite weights, and a skipped step left the weights as they were
+    weights = {}
+    for step in (1, 2, 3, 4):
+        model, _ = load("tiny-random")
+        state, info = load_checkpoint(checkpoints / f"step-{step:06d}", model)
+        assert info["step"] == step and state["nonfinite_streak"] == rows[step - 1]["nonfinite_streak"]
+        weights[step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        assert all(torch.isfinite(p).all() for p in weights[step].values())
+    for before, skipped in ((1, 2), (3, 4)):
+        assert all(torch.equal(weights[before][n], weights[skipped][n]) for n in weights[before])
+    assert not all(torch.equal(weights[2][n], weights[3][n]) for n in weights[2])  # step 3 did update

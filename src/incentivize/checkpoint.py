@@ -29,10 +29,16 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), None))
 
 
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The complete checkpoints under `root`, oldest first (a torn one never got its final name)."""
+    return sorted((p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").exists()),
+                  key=lambda p: p.name)
+
+
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root` (a torn one never got its final name), or None."""
-    complete = [p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").exists()]
-    return max(complete, key=lambda p: p.name) if complete else None
+    """The newest complete checkpoint under `root`, or None."""
+    complete = complete_checkpoints(root)
+    return complete[-1] if complete else None
 
 
 def load_checkpoint(
@@ -77,7 +83,7 @@ def save_checkpoint(
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **info}, indent=2) + "\n")
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+    for old in complete_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 

@@ -100,7 +100,10 @@ class RLConfig(BaseModel):
     eval_limit: int = Field(default=100, ge=1, description="held-out problems per evaluation")
     eval_before: bool = True
     save_steps: int = Field(default=0, ge=0, description="checkpoint every N steps (0: only the final model)")
-    save_total_limit: int = Field(default=2, ge=1)
+    save_total_limit: int = Field(default=2, ge=1, description="complete checkpoints kept (the newest)")
+    max_nonfinite_steps: int = Field(
+        default=3, ge=1, description="stop after this many steps in a row with a NaN or infinite loss or gradient"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RLConfig:

@@ -145,6 +145,8 @@ def train(
             _write_samples(samples_file, step, data)
             if on_step is not None:
                 on_step(step, metrics)
+            if learner.nonfinite_streak >= config.max_nonfinite_steps:
+                raise IncentivizeError(_nonfinite_message(run_dir, step, learner.nonfinite_streak))
             if config.save_steps and step % config.save_steps == 0:
                 save_checkpoint(run_dir / "checkpoints", step, models.policy, models.tokenizer,
                                 learner.state_dict() | {"rng": rng_state()},
@@ -175,11 +177,16 @@ class Learner:
         self.critic_optimizer = None
         if models.critic is not None:
             self.critic_optimizer = torch.optim.AdamW(models.critic.parameters(), lr=config.critic_learning_rate)
-        self.skipped_steps = 0
+        # Updates whose loss or gradient norm was NaN or infinite are not applied (the weights stay);
+        # the run stops after `max_nonfinite_steps` steps in a row with such an update.
+        self.skipped_updates = 0  # optimizer updates not applied, actor and critic, over the run
+        self.skipped_steps = 0  # steps with at least one update not applied, over the run
+        self.nonfinite_streak = 0  # such steps in a row, up to this one
 
     def state_dict(self) -> dict[str, Any]:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "skipped_steps": self.skipped_steps}
+                 "skipped_updates": self.skipped_updates, "skipped_steps": self.skipped_steps,
+                 "nonfinite_streak": self.nonfinite_streak}
         if self.critic_optimizer is not None:
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
         return state
@@ -187,7 +194,9 @@ class Learner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.skipped_updates = int(state.get("skipped_updates", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         if self.critic_optimizer is not None:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
 
@@ -228,12 +237,21 @@ class Learner:
         stats: dict[str, float] = {"lr": float(self.scheduler.get_last_lr()[0]), "time/reference": reference_seconds}
         if ref_logp is not None:
             stats["kl"] = _masked_mean(k3(old_logp, ref_logp), mask)
+        skipped_before, updated = self.skipped_updates, False
         if train_actor and float(mask.sum()) > 0:
             stats |= self._update_actor(batch, chunks, mask, old_logp, ref_logp, advantages.advantages, normalizer)
             self.scheduler.step()
+            updated = True
         if models.critic is not None and advantages.returns is not None and old_values is not None:
             stats |= self._update_critic(batch, chunks, mask, old_values, advantages.returns)
-        return stats
+            updated = True
+        if self.skipped_updates > skipped_before:
+            self.skipped_steps += 1
+            self.nonfinite_streak += 1
+        elif updated:
+            self.nonfinite_streak = 0
+        return stats | {"skipped_updates": float(self.skipped_updates), "skipped_steps": float(self.skipped_steps),
+                        "nonfinite_streak": float(self.nonfinite_streak)}
 
     def _update_actor(self, batch: Batch, chunks: list[slice], mask: torch.Tensor, old_logp: torch.Tensor,
                       ref_logp: torch.Tensor | None, advantages: torch.Tensor, normalizer: Any) -> dict[str, float]:
@@ -273,12 +291,11 @@ class Learner:
             if math.isfinite(grad_norm) and math.isfinite(loss_sum):
                 self.optimizer.step()
             else:
-                self.skipped_steps += 1
+                self.skipped_updates += 1
             self.optimizer.zero_grad(set_to_none=True)  # free the gradients while the next rollout runs
             clock["optimizer"] += time.perf_counter() - started
             if iteration == 0:
                 totals["loss"], totals["grad_norm"] = loss_sum, grad_norm
-        totals["skipped_updates"] = float(self.skipped_steps)
         return totals | {f"time/{phase}": seconds for phase, seconds in clock.items()}
 
     def _update_critic(self, batch: Batch, chunks: list[slice], mask: torch.Tensor, old_values: torch.Tensor,
@@ -297,8 +314,11 @@ class Learner:
                 loss = (per_token * mask[c]).sum() / tokens
                 loss.backward()
                 loss_sum += float(loss.detach())
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), self.config.max_grad_norm)
-            optimizer.step()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(critic.parameters(), self.config.max_grad_norm))
+            if math.isfinite(grad_norm) and math.isfinite(loss_sum):
+                optimizer.step()
+            else:
+                self.skipped_updates += 1
             optimizer.zero_grad(set_to_none=True)
             totals["value_loss"] = loss_sum
         critic.eval()
@@ -452,6 +472,18 @@ def _examples(task: Task, split: str, limit: int | None) -> list[Example]:
     if not examples:
         raise IncentivizeError(f"task {task.name} has no {split} examples")
     return examples
+
+
+# Settings that may change between the start of a run and its resumption (edited in its config.yaml).
+RESUMABLE_CHANGES = frozenset({"output_dir", "max_steps", "eval_steps", "eval_limit", "eval_before", "save_steps",
+                               "save_total_limit"})
+
+
+def _nonfinite_message(run_dir: Path, step: int, streak: int) -> str:
+    previous = latest_checkpoint(run_dir / "checkpoints")
+    where = f"the newest checkpoint is {previous}" if previous else "no checkpoint was written (set save_steps)"
+    return (f"step {step}: the loss or gradient was NaN or infinite in {streak} steps in a row (max_nonfinite_steps), "
+            f"so their updates were skipped and the run stopped; {where}; lower learning_rate or check the rewards")
 
 
 # Settings that may change between the start of a run and its resumption (edited in its config.yaml).
