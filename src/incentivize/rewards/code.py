@@ -13,6 +13,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from incentivize.rewards.functions import completion_text
@@ -49,8 +50,9 @@ _results_lock = threading.Lock()
 
 def check_program(program: str, tests: Sequence[str], setup: str = "",
                   limits: SandboxLimits | None = None) -> SandboxResult:
-    """`sandbox.run_tests`, remembering the last few thousand results; a failure of the sandbox
-    machinery itself ("error: the sandbox ...") is not remembered."""
+    """`sandbox.run_tests`, remembering the last few thousand results (without their captured output,
+    which a remembered result returns empty); a failure of the sandbox machinery itself ("error: the
+    sandbox ...") is not remembered."""
     limits = limits or SandboxLimits()
     key = (program, tuple(tests), setup, limits)
     with _results_lock:
@@ -60,7 +62,7 @@ def check_program(program: str, tests: Sequence[str], setup: str = "",
     result = run_tests(program, tests, setup=setup, limits=limits)
     if not result.reason.startswith("error: the sandbox"):
         with _results_lock:
-            _results[key] = result
+            _results[key] = replace(result, stdout="", stderr="")
             while len(_results) > _CACHE_SIZE:
                 _results.popitem(last=False)
     return result

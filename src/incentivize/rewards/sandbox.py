@@ -334,7 +334,10 @@ def _outcome(report: dict[str, Any], overflow: bool, late: bool, limits: Sandbox
     last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
     tail = f" ({last[:200]})" if last else ""
     if isinstance(sig, int):
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
         return False, f"error: killed by {name}{tail}", 0
     if isinstance(code, int):
         return False, f"error: exited with status {code} before the tests finished{tail}", 0
