@@ -1,5 +1,6 @@
-"""Faults during training: failing and hanging reward functions, NaN losses."""
+"""Faults during training: failing and hanging reward functions, NaN losses, a full disk, checkpoint pruning."""
 
+import errno
 import json
 import sys
 import time
@@ -8,8 +9,11 @@ import zlib
 import pytest
 import torch
 
-from incentivize.checkpoint import complete_checkpoints, load_checkpoint
-from incentivize.config import load_config
+from incentivize.checkpoint import (
+    complete_checkpoints, latest_checkpoint, load_checkpoint, remove_partial_checkpoints, save_checkpoint,
+)
+from incentivize.config import load_config, load_run_config
+from incentivize.errors import IncentivizeError
 from incentivize.models import load
 from incentivize.trainers import rl
 
@@ -123,3 +127,43 @@ def test_nan_losses_skip_updates_then_stop_the_run_with_the_last_checkpoint_inta
     for before, skipped in ((1, 2), (3, 4)):
         assert all(torch.equal(weights[before][n], weights[skipped][n]) for n in weights[before])
     assert not all(torch.equal(weights[2][n], weights[3][n]) for n in weights[2])  # step 3 did update
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_stops_clearly(tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if ".step-000002." in str(f):
+            with open(f, "wb") as handle:
+                handle.write(b"\0" * 1000)  # some bytes made it, then the disk filled up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    config = load_config("grpo", None, _overrides(tmp_path, "max_steps=3", "save_steps=1",
+                                                  f"rewards=[{tmp_path}/rewards.py:length]"))
+    monkeypatch.setattr(torch, "save", full_disk)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    with pytest.raises(IncentivizeError) as failed:
+        rl.train(config)
+    message = str(failed.value)
+    assert "step 2: writing its checkpoint failed (OSError: [Errno 28] No space left on device)" in message
+    assert f"the newest complete checkpoint {checkpoints / 'step-000001'} is intact" in message and "\n" not in message
+    assert [p.name for p in checkpoints.iterdir()] == ["step-000001"]  # nothing torn left, nothing taken as newer
+    monkeypatch.setattr(torch, "save", real_save)
+    model, _ = load("tiny-random")
+    assert load_checkpoint(checkpoints / "step-000001", model)[1]["step"] == 1
+    rl.train(load_run_config(tmp_path / "run"), resume=True)  # space freed: the run continues from step 1
+    assert [r["step"] for r in _rows(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_save_total_limit_keeps_the_newest_complete_checkpoints(tmp_path, tiny):
+    model, tokenizer = tiny
+    torn = tmp_path / ".step-000005.x1y2"  # a checkpoint whose writing was killed
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"\0" * 10)
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, model, tokenizer, {"x": torch.zeros(1)}, {}, keep=2)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000003", "step-000004"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-000004"
+    assert remove_partial_checkpoints(tmp_path) == [torn] and not torn.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000003", "step-000004"]

@@ -4,7 +4,7 @@ A checkpoint directory holds the model (`save_pretrained`, safetensors; a LoRA r
 adapter), the tokenizer, `trainer_state.pt` (optimizer, scheduler and RNG states: tensors and plain
 values only, loadable with `torch.load(weights_only=True)`) and `trainer_state.json` (step, data
 position, readable). It is written under a temporary name and renamed when complete, so a torn
-checkpoint is never taken for a whole one; only the newest `keep` are kept.
+checkpoint is never taken for a whole one (and is deleted on resume); only the newest `keep` are kept.
 """
 
 from __future__ import annotations
@@ -39,6 +39,14 @@ def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete checkpoint under `root`, or None."""
     complete = complete_checkpoints(root)
     return complete[-1] if complete else None
+
+
+def remove_partial_checkpoints(root: Path) -> list[Path]:
+    """Delete the temporary directories of checkpoints whose writing was interrupted; return them."""
+    partial = [p for p in root.glob(".step-*") if p.is_dir()]
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
 
 
 def load_checkpoint(

@@ -158,6 +158,7 @@ def train_command(
 ) -> None:
     """RL training. With no arguments: GRPO on SmolLM2-135M-Instruct on arithmetic, on CPU."""
     from incentivize.config import load_config, load_run_config
+    from incentivize.trainers.interrupt import TrainingInterrupted
     from incentivize.trainers.rl import train
 
     _quiet_transformers()
@@ -175,12 +176,16 @@ def train_command(
         f"{settings.algorithm}: {settings.model} on {settings.task}, {settings.max_steps} steps of "
         f"{settings.prompts_per_step} prompts x {settings.num_generations} completions", highlight=False,
     )
-    with ProgressReporter("training", settings.max_steps, console) as progress:
-        def on_step(step: int, metrics: dict[str, Any]) -> None:
-            progress.advance(1, f"reward {metrics['reward_mean']:.3f} acc {metrics['accuracy']:.3f}")
+    try:
+        with ProgressReporter("training", settings.max_steps, console) as progress:
+            def on_step(step: int, metrics: dict[str, Any]) -> None:
+                progress.advance(1, f"reward {metrics['reward_mean']:.3f} acc {metrics['accuracy']:.3f}")
 
-        result = train(settings, on_step=on_step, on_event=lambda text: console.print(text, highlight=False),
-                       resume=resume is not None)
+            result = train(settings, on_step=on_step, on_event=lambda text: console.print(text, highlight=False),
+                           resume=resume is not None)
+    except TrainingInterrupted as err:  # Ctrl-C: one line saying where the checkpoint is and how to continue
+        console.print(str(err), highlight=False, markup=False)
+        raise typer.Exit(130) from None
     table = Table(title=f"held-out greedy accuracy ({settings.eval_limit} problems)")
     for column in ("", "before", "after"):
         table.add_column(column, justify="right")

@@ -38,13 +38,16 @@ from incentivize.algorithms.advantages import AdvantageInputs, compute_advantage
 from incentivize.algorithms.aggregate import AGGREGATIONS, global_normalizer, loss_type_to_aggregation
 from incentivize.algorithms.kl import KL_ESTIMATORS, k3
 from incentivize.algorithms.policy_loss import ppo_clip_loss, value_loss
-from incentivize.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint, save_model
+from incentivize.checkpoint import (
+    latest_checkpoint, load_checkpoint, remove_partial_checkpoints, restore_rng, rng_state, save_checkpoint, save_model,
+)
 from incentivize.config import RLConfig
-from incentivize.errors import IncentivizeError
+from incentivize.errors import IncentivizeError, describe
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.rewards import load_reward_function
 from incentivize.rollout import Rollouts, SamplingParams, generate
 from incentivize.tasks import Example, Task, chat_template_warning, load_task, render_prompt
+from incentivize.trainers.interrupt import StopRequest, TrainingInterrupted
 from incentivize.trainers.policy import Batch, Models, build_models, token_logprobs, token_values
 from incentivize.trainers.sampler import PromptSampler
 from incentivize.trainers.scoring import Scorer, Scores
@@ -127,31 +130,37 @@ def train(
         before = json.loads(before_file.read_text())["metrics"] if before_file.exists() else None
     else:
         before = evaluate_now("before") if config.eval_before else None
+    stop = StopRequest(lambda: say("interrupt: finishing this step, then saving a checkpoint (Ctrl-C again to stop "
+                                   "at once, without one)"))
     try:
-        for step in range(done + 1, config.max_steps + 1):
-            t0 = time.perf_counter()
-            data = _collect(config, models, task, train_examples, sampler, scorer, prompt_cache, step)
-            t1 = time.perf_counter()
-            stats = learner.step(data, train_actor=step > config.critic_warmup_steps)
-            t2 = time.perf_counter()
-            metrics = {"step": step, **_rollout_metrics(data), **stats,
-                       "time/generate": data.generate_seconds, "time/score": data.score_seconds, "time/learn": t2 - t1,
-                       "time/step": t2 - t0,
-                       "tokens_per_second": float(data.rollouts.completion_mask.sum()) / (t2 - t0)}
-            if config.eval_steps and step % config.eval_steps == 0 and step < config.max_steps:
-                metrics["eval/greedy_accuracy"] = evaluate_now(f"step-{step}")["greedy_accuracy"]
-            metrics_file.write(json.dumps(_plain(metrics)) + "\n")
-            metrics_file.flush()
-            _write_samples(samples_file, step, data)
-            if on_step is not None:
-                on_step(step, metrics)
-            if learner.nonfinite_streak >= config.max_nonfinite_steps:
-                raise IncentivizeError(_nonfinite_message(run_dir, step, learner.nonfinite_streak))
-            if config.save_steps and step % config.save_steps == 0:
-                save_checkpoint(run_dir / "checkpoints", step, models.policy, models.tokenizer,
-                                learner.state_dict() | {"rng": rng_state()},
-                                {"sampler": sampler.state_dict(), "config": config.model_dump()},
-                                config.save_total_limit, critic=models.critic)
+        with stop:
+            for step in range(done + 1, config.max_steps + 1):
+                t0 = time.perf_counter()
+                data = _collect(config, models, task, train_examples, sampler, scorer, prompt_cache, step)
+                t1 = time.perf_counter()
+                stats = learner.step(data, train_actor=step > config.critic_warmup_steps)
+                t2 = time.perf_counter()
+                metrics = {"step": step, **_rollout_metrics(data), **stats,
+                           "time/generate": data.generate_seconds, "time/score": data.score_seconds,
+                           "time/learn": t2 - t1, "time/step": t2 - t0,
+                           "tokens_per_second": float(data.rollouts.completion_mask.sum()) / (t2 - t0)}
+                if config.eval_steps and step % config.eval_steps == 0 and step < config.max_steps:
+                    metrics["eval/greedy_accuracy"] = evaluate_now(f"step-{step}")["greedy_accuracy"]
+                metrics_file.write(json.dumps(_plain(metrics)) + "\n")
+                metrics_file.flush()
+                _write_samples(samples_file, step, data)
+                if on_step is not None:
+                    on_step(step, metrics)
+                if learner.nonfinite_streak >= config.max_nonfinite_steps:
+                    raise IncentivizeError(_nonfinite_message(run_dir, step, learner.nonfinite_streak))
+                stopping = stop.requested  # read once: a Ctrl-C from here on is handled after the next step
+                if (config.save_steps and step % config.save_steps == 0) or stopping:
+                    checkpoint = _save(run_dir, step, models, learner, sampler, config)
+                if stopping:
+                    raise TrainingInterrupted(
+                        f"interrupted after step {step}; checkpoint {checkpoint}; continue with: "
+                        f"incentivize train --resume {run_dir}"
+                    )
     finally:
         metrics_file.close()
         samples_file.close()
@@ -474,9 +483,19 @@ def _examples(task: Task, split: str, limit: int | None) -> list[Example]:
     return examples
 
 
-# Settings that may change between the start of a run and its resumption (edited in its config.yaml).
-RESUMABLE_CHANGES = frozenset({"output_dir", "max_steps", "eval_steps", "eval_limit", "eval_before", "save_steps",
-                               "save_total_limit"})
+def _save(run_dir: Path, step: int, models: Models, learner: Learner, sampler: PromptSampler,
+          config: RLConfig) -> Path:
+    """Checkpoint `step`; a failed write (a full disk) leaves the previous checkpoint and stops with one line."""
+    root = run_dir / "checkpoints"
+    try:
+        return save_checkpoint(root, step, models.policy, models.tokenizer, learner.state_dict() | {"rng": rng_state()},
+                               {"sampler": sampler.state_dict(), "config": config.model_dump()},
+                               config.save_total_limit, critic=models.critic)
+    except OSError as err:
+        previous = latest_checkpoint(root)
+        kept = (f"the newest complete checkpoint {previous} is intact; free space, then continue with: "
+                f"incentivize train --resume {run_dir}") if previous else "no earlier checkpoint exists"
+        raise IncentivizeError(f"step {step}: writing its checkpoint failed ({describe(err)}); {kept}") from None
 
 
 def _nonfinite_message(run_dir: Path, step: int, streak: int) -> str:
@@ -522,6 +541,7 @@ def _resume_dir(config: RLConfig) -> Path:
 
 def _restore(run_dir: Path, models: Models, learner: Learner, sampler: PromptSampler) -> int:
     """Load the newest complete checkpoint of `run_dir`; drop metrics and samples of later steps; its step."""
+    remove_partial_checkpoints(run_dir / "checkpoints")  # torn by the interruption: never loaded, now gone
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise IncentivizeError(
