@@ -25,7 +25,7 @@ import zlib
 def flaky(prompts, completions, **columns):
     out = []
     for c in completions:
-        kind = zlib.crc32(c.encode()) % 5
+        kind = zlib.crc32(c.encode()) % 4
         if kind == 0:
             raise ValueError("flaky failed")
         if kind == 1:
@@ -66,11 +66,11 @@ def _run_cli(monkeypatch, capsys, overrides):
 
 def test_raising_and_hanging_rewards_cost_only_their_samples_and_are_counted(tmp_path):
     started = time.monotonic()
-    result = rl.train(load_config("grpo", None, _overrides(tmp_path)))
+    result = rl.train(load_config("grpo", None, _overrides(tmp_path, "max_steps=3")))
     assert time.monotonic() - started < 20
     rows, samples = _rows(result.run_dir / "metrics.jsonl"), _rows(result.run_dir / "samples.jsonl")
-    kinds = [zlib.crc32(s["completion"].encode()) % 5 for s in samples]
-    assert {0, 1, 2} <= set(kinds) and any(k > 2 for k in kinds)  # raising, sleeping, spinning and good samples
+    kinds = [zlib.crc32(s["completion"].encode()) % 4 for s in samples]
+    assert set(kinds) == {0, 1, 2, 3}  # raising, sleeping, spinning and good samples
     for row in rows:
         step_kinds = [k for k, s in zip(kinds, samples) if s["step"] == row["step"]]
         assert row["reward_errors"] == sum(k <= 2 for k in step_kinds)
