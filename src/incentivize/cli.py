@@ -148,15 +148,34 @@ def eval_command(
 
 @app.command("train")
 def train_command(
-    algorithm: Annotated[str, typer.Argument(help="grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline or ppo")] = "grpo",
+    algorithm: Annotated[str, typer.Argument(help="grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo; "
+                                                  "orm, prm, rm (reward models); sft; verifier (Cobbe et al.'s recipe)")] = "grpo",
     config: Annotated[Optional[Path], typer.Option(help="YAML file of config keys")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override one key: --set beta=0.04 (repeatable)")] = None,
     model: Annotated[Optional[str], typer.Option(help="shortcut for --set model=...")] = None,
     task: Annotated[Optional[str], typer.Option(help="shortcut for --set task=...")] = None,
     output_dir: Annotated[Optional[str], typer.Option(help="run directory (default runs/<algorithm>-<task>-<time>)")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue this run directory from its newest checkpoint")] = None,
+    data: Annotated[Optional[str], typer.Option(help="shortcut for --set data=... (rm: pairs JSONL; prm: PRM800K JSONL)")] = None,
 ) -> None:
-    """RL training. With no arguments: GRPO on SmolLM2-135M-Instruct on arithmetic, on CPU."""
+    """RL training (grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo) or a reward model
+    (orm, prm, rm). With no arguments: GRPO on SmolLM2-135M-Instruct on arithmetic, on CPU."""
+    if algorithm in REWARD_MODEL_KINDS or algorithm in ("sft", "verifier"):
+        if resume is not None:
+            raise IncentivizeError(f"--resume continues RL runs; train {algorithm} again with a new --output-dir")
+        if data is not None and algorithm not in REWARD_MODEL_KINDS:
+            raise IncentivizeError(f"--data is for train orm|prm|rm; for {algorithm} give --set task_options.data=FILE")
+        shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir), ("data", data)) if v]
+        overrides = shortcuts + list(set_ or [])
+        if algorithm == "sft":
+            _train_sft(config, overrides)
+        elif algorithm == "verifier":
+            _run_verifier_recipe(config, overrides)
+        else:
+            _train_reward_model(algorithm, config, overrides)
+        return
+    if data is not None:
+        raise IncentivizeError("--data is for train orm|prm|rm; for RL give the task's data with --set task_options.data=FILE")
     from incentivize.config import load_config, load_run_config
     from incentivize.trainers.interrupt import TrainingInterrupted
     from incentivize.trainers.rl import train
@@ -196,6 +215,28 @@ def train_command(
     console.print(f"{result.seconds / 60:.1f} min; final model in {result.run_dir / 'final'}", highlight=False)
 
 
+REWARD_MODEL_KINDS = ("orm", "prm", "rm")
+
+
+def _train_reward_model(kind: str, config: Path | None, overrides: list[str]) -> None:
+    from incentivize.config import load_reward_config
+    from incentivize.trainers.reward_model import train_reward_model
+
+    _quiet_transformers()
+    settings = load_reward_config(kind, config, overrides)
+    source = settings.data or f"{settings.samples_per_problem} samples x {settings.num_problems} {settings.task} problems"
+    console.print(f"{kind}: reward model on {settings.model}, data: {source}", highlight=False)
+    on_progress, close = _staged_progress()
+    try:
+        result = train_reward_model(settings, on_event=lambda text: console.print(text, highlight=False),
+                                    on_progress=on_progress)
+    finally:
+        close()
+    if result.metrics:
+        _print_metrics(result.metrics, "validation")
+    console.print(f"{result.seconds / 60:.1f} min; reward model in {result.run_dir / 'final'}", highlight=False)
+
+
 def _load_verifiers(specs: list[SelectSpec]) -> tuple[dict[str, Any], list[Any]]:
     """Each verifier directory named in --select, loaded once and named; and the selectors."""
     if not specs:
@@ -213,6 +254,59 @@ def _load_verifiers(specs: list[SelectSpec]) -> tuple[dict[str, Any], list[Any]]
                 raise IncentivizeError(f"--select: {err}") from None
     selectors, names = build_selectors(specs, {path: verifier.kind for path, verifier in loaded.items()})
     return {names[path]: verifier for path, verifier in loaded.items()}, selectors
+
+
+def _staged_progress() -> tuple[Any, Any]:
+    """A progress callback `(stage, done, total)` that shows one bar per stage, and a closer."""
+    bars: dict[str, ProgressReporter] = {}
+    names = {"sample": "sampling", "train": "training", "sft": "fine-tuning"}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            close()
+            bars[stage] = ProgressReporter(names.get(stage, stage), total, console).__enter__()
+        bars[stage].advance(done - bars[stage].done)
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.__exit__()
+
+    return on_progress, close
+
+
+def _train_sft(config: Path | None, overrides: list[str]) -> None:
+    from incentivize.config import SFTConfig, load_settings
+    from incentivize.trainers.sft import train_sft
+
+    _quiet_transformers()
+    settings = load_settings(SFTConfig, config, overrides)
+    on_progress, close = _staged_progress()
+    try:
+        result = train_sft(settings, on_event=lambda text: console.print(text, highlight=False),
+                           on_progress=lambda done, total: on_progress("sft", done, total))
+    finally:
+        close()
+    _print_metrics({f"{k} (before -> after)": f"{result.before[k]:.3f} -> {result.after[k]:.3f}"
+                    for k in ("greedy_accuracy", "greedy_parsed")}, "held-out")
+    console.print(f"{result.seconds / 60:.1f} min; fine-tuned model in {result.run_dir / 'final'}", highlight=False)
+
+
+def _run_verifier_recipe(config: Path | None, overrides: list[str]) -> None:
+    from incentivize.config import VerifierRecipeConfig, load_settings
+    from incentivize.inference.selection import sweep_markdown
+    from incentivize.recipes.verifier import run_verifier_recipe
+
+    _quiet_transformers()
+    settings = load_settings(VerifierRecipeConfig, config, overrides)
+    on_progress, close = _staged_progress()
+    try:
+        result = run_verifier_recipe(settings, on_event=lambda text: console.print(text, highlight=False),
+                                     on_progress=on_progress)
+    finally:
+        close()
+    if result.sweep is not None:
+        console.print(sweep_markdown(result.sweep), highlight=False, markup=False)
+    console.print(f"{result.seconds / 60:.1f} min; results in {result.run_dir}", highlight=False)
 
 
 def _settings(cls: Any, **values: Any) -> Any:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from incentivize.errors import IncentivizeError, describe
 
+Settings = TypeVar("Settings", bound=BaseModel)
 Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
 
 
@@ -186,6 +187,34 @@ def load_config(algorithm: str, path: str | Path | None = None, overrides: list[
     return _validate(values, f"config ({' + '.join(sources)})", origins)
 
 
+def load_reward_config(kind: str, path: str | Path | None = None, overrides: list[str] | None = None) -> RewardModelConfig:
+    """`incentivize train orm|prm|rm`: defaults, then the YAML file at `path`, then `key=value` overrides."""
+    return load_settings(RewardModelConfig, path, overrides, {"kind": kind})
+
+
+def load_settings(schema: type[Settings], path: str | Path | None = None, overrides: list[str] | None = None,
+                  fixed: dict[str, Any] | None = None) -> Settings:
+    """A config of type `schema`: its defaults, then the YAML file at `path`, then `key=value`
+    overrides; the `fixed` keys (set by the command, e.g. `kind`) may be repeated but not changed."""
+    fixed = fixed or {}
+    values: dict[str, Any] = dict(fixed)
+    origins: dict[str, Path | str] = {}
+    if path is not None:
+        from_file = _read_yaml(Path(path))
+        values.update(from_file)
+        origins.update(dict.fromkeys(map(str, from_file), Path(path)))
+    for item in overrides or []:
+        key, value = _parse_override(item, schema)
+        _set_dotted(values, key, value)
+        origins[key.partition(".")[0]] = f"--set {item}"
+    for key, wanted in fixed.items():
+        if values[key] != wanted:
+            raise IncentivizeError(f"{_where(key, 'config', origins)}: {key} is {values[key]!r} but the command trains "
+                                   f"{wanted!r}; drop the key or run `incentivize train {values[key]}`")
+    sources = " + ".join(["defaults", *([str(path)] if path else []), *(["--set"] if overrides else [])])
+    return _validate(values, f"config ({sources})", origins, schema)  # type: ignore[no-any-return]
+
+
 def load_run_config(run_dir: str | Path) -> RLConfig:
     """The resolved config a run directory was started with (its `config.yaml`), pointed at that directory."""
     path = Path(run_dir) / "config.yaml"
@@ -220,7 +249,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def _parse_override(item: str, schema: type[BaseModel] | None = None) -> tuple[str, Any]:
     """`key=value`, the value read as YAML (`3`, `1e-5`, `true`, `null`, `[a, b]`) unless the field is text."""
     key, sep, raw = item.partition("=")
     key = key.strip()
@@ -230,7 +259,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    field = RLConfig.model_fields.get(key)
+    field = (schema or RLConfig).model_fields.get(key)
     return key, value if field is None else _as_field_value(field.annotation, raw.strip(), value)
 
 
@@ -258,14 +287,15 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     target[rest] = value
 
 
-def _validate(values: dict[str, Any], source: str, origins: dict[str, Path | str]) -> RLConfig:
+def _validate(values: dict[str, Any], source: str, origins: dict[str, Path | str], schema: Any = None) -> Any:
     """An RLConfig, or an error that names where the bad key was set (`file.yaml:LINE`, `--set k=v`)."""
-    unknown = [str(k) for k in values if k not in RLConfig.model_fields]
+    schema = schema or RLConfig
+    unknown = [str(k) for k in values if k not in schema.model_fields]
     if unknown:
         where = _where(unknown[0], source, origins)
-        raise IncentivizeError(f"{where}: {_unknown('config key', unknown[0], RLConfig.model_fields)}")
+        raise IncentivizeError(f"{where}: {_unknown('config key', unknown[0], schema.model_fields)}")
     try:
-        return RLConfig(**values)
+        return schema(**values)
     except ValidationError as err:
         first = err.errors()[0]
         if not first["loc"]:  # a check across fields (`_consistent`): its message names them
@@ -302,3 +332,95 @@ def _unknown(kind: str, name: str, choices: Any) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f" (choices: {', '.join(sorted(choices))})"
     return f"unknown {kind} {name!r}{hint}"
+
+
+class RewardModelConfig(BaseModel):
+    """`incentivize train orm|prm|rm`: a reward model on the LM `model`, from sampled and checked
+    solutions (orm, prm on a task that labels steps), PRM800K-style step labels (prm with `data`) or
+    preference pairs (rm, `data` required). Defaults follow Cobbe et al. (T 0.7, lr 1e-5, 1 epoch,
+    token-level targets) scaled down to a CPU."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    kind: Literal["orm", "prm", "rm"] = "orm"
+    model: str = Field(default="smollm2-135m", description="LM the reward model starts from")
+    generator: str | None = Field(default=None, description="LM that samples the training solutions; default `model`")
+    task: str = "arithmetic"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    data: str | None = Field(default=None, description="prm: PRM800K-style JSONL; rm: pairs JSONL (prompt, chosen, rejected)")
+    output_dir: str | None = None
+    seed: int = 0
+
+    # the training solutions (orm, and prm without data)
+    num_problems: int = Field(default=128, ge=1, description="training problems to sample solutions for")
+    samples_per_problem: int = Field(default=8, ge=1, description="solutions sampled per problem (Cobbe et al.: 100)")
+    temperature: float = Field(default=0.7, gt=0.0)
+    max_completion_length: int = Field(default=96, ge=1)
+    generation_batch_size: int = Field(default=64, ge=1, description="sequences sampled together")
+
+    # targets and scoring
+    target: Literal["token", "final"] = Field(default="token", description="orm: targets on every completion token or the last")
+    outcome_loss: Literal["bce", "mse"] = "bce"
+    lm_loss_weight: float = Field(default=0.0, ge=0.0, description="weight of the LM loss on the solutions (Cobbe et al.: 1)")
+    neutral: Literal["positive", "negative"] = Field(default="positive", description="prm: a neutral step counts as")
+    aggregation: Literal["prod", "min", "last"] = Field(default="prod", description="prm: steps to a solution score")
+    max_length: int = Field(default=512, ge=8, description="tokens of prompt + completion kept")
+
+    # optimisation
+    epochs: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=1e-5, gt=0.0)
+    batch_size: int = Field(default=16, ge=1, description="sequences (pairs for rm) per optimizer step")
+    micro_batch_size: int = Field(default=8, ge=1, description="sequences per forward/backward (memory, not math)")
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    validation_share: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of problems held out for validation")
+
+
+class SFTConfig(BaseModel):
+    """`incentivize train sft`: supervised fine-tuning on a task's reference solutions (the prompt is
+    not a target). Cobbe et al. train the verifier's generator this way for 2 epochs."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str = "smollm2-135m"
+    task: str = "arithmetic"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    num_examples: int | None = Field(default=1024, ge=1, description="training problems used (None: all)")
+    output_dir: str | None = None
+    seed: int = 0
+    epochs: int = Field(default=2, ge=1)
+    learning_rate: float = Field(default=1e-5, gt=0.0)
+    batch_size: int = Field(default=16, ge=1, description="solutions per optimizer step")
+    micro_batch_size: int = Field(default=8, ge=1, description="solutions per forward/backward (memory, not math)")
+    max_length: int = Field(default=512, ge=8)
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    eval_limit: int = Field(default=100, ge=1, description="held-out problems for greedy accuracy before and after")
+
+
+class VerifierRecipeConfig(BaseModel):
+    """`incentivize train verifier`: Cobbe et al.'s recipe end to end on a task with reference
+    solutions: SFT the generator, sample solutions per training problem and train an outcome
+    verifier on them (initialised from the generator, jointly with the LM loss), then sample
+    `eval_samples` per held-out problem and rerank. Defaults are the paper's scaled to a CPU."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str = "smollm2-135m"
+    task: str = "arithmetic"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    output_dir: str | None = None
+    seed: int = 0
+    sft_epochs: int = Field(default=2, ge=0, description="generator fine-tuning epochs (0: use the model as is)")
+    sft_examples: int = Field(default=512, ge=1)
+    sft_learning_rate: float = Field(default=1e-5, gt=0.0)
+    num_problems: int = Field(default=128, ge=1, description="training problems the verifier's data is sampled on")
+    samples_per_problem: int = Field(default=8, ge=1, description="Cobbe et al.: 100")
+    temperature: float = Field(default=0.7, gt=0.0)
+    max_completion_length: int = Field(default=96, ge=1)
+    verifier_epochs: int = Field(default=1, ge=1)
+    verifier_learning_rate: float = Field(default=1e-5, gt=0.0)
+    lm_loss_weight: float = Field(default=1.0, ge=0.0)
+    target: Literal["token", "final"] = "token"
+    eval_samples: int = Field(default=16, ge=1, description="completions per held-out problem to rerank")
+    eval_limit: int = Field(default=100, ge=1)

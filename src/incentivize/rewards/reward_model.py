@@ -188,3 +188,30 @@ def load_verifier(path: str | Path, device: str | torch.device = "cpu") -> Verif
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Verifier(model.to(device), tokenizer, meta, str(path))
+
+
+class VerifierReward:
+    """A trained reward model as a reward function (TRL's signature), named by `orm:DIR`, `prm:DIR` or
+    `rm:DIR`: one score per completion (`Verifier.score`). A PRM also gives per-step rewards
+    (`step_rewards`) for process-supervised advantages (`advantage: grpo_process`)."""
+
+    def __init__(self, spec: str) -> None:
+        kind, _, path = spec.partition(":")
+        self.verifier = load_verifier(path)
+        if self.verifier.kind != kind:
+            raise IncentivizeError(f"reward {spec}: {path} holds a {self.verifier.kind}, not a {kind}; write {self.verifier.kind}:{path}")
+        self.__name__ = kind
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        from incentivize.rewards.functions import completion_text
+
+        return self.verifier.score([completion_text(p) for p in prompts], [completion_text(c) for c in completions])
+
+    def step_rewards(self, prompts: list[str], completions: list[str]) -> list[list[float]]:
+        """P(step correct) of every step (non-blank line) of each completion."""
+        return self.verifier.step_scores(prompts, completions)
+
+
+def is_verifier_spec(spec: str) -> bool:
+    """Whether a reward spec names a trained reward model (`orm:DIR`, `prm:DIR`, `rm:DIR`)."""
+    return spec.partition(":")[0] in KINDS and bool(spec.partition(":")[2])

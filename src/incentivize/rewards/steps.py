@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from incentivize.algorithms.reward_losses import NEGATIVE, NEUTRAL, POSITIVE
@@ -46,3 +47,21 @@ def supervised_prefix(labels: list[int]) -> list[int]:
         out.append(-1 if stopped else label)
         stopped = stopped or label == NEGATIVE
     return out
+
+
+def step_end_tokens(decode: Callable[[list[int]], str], token_ids: list[int], text: str) -> list[int]:
+    """For each step of `text` (the decoding of `token_ids`), the index of the token that completes
+    its last character, found by decoding growing prefixes (exact for any tokenizer, byte-level BPE
+    included). Steps that no token completes are left out.
+
+    >>> chars = list("ab\\ncd")
+    >>> step_end_tokens(lambda ids: "".join(chars[i] for i in ids), [0, 1, 2, 3, 4], "ab\\ncd")
+    [1, 4]
+    """
+    ends, steps, k = [], split_steps(text), 0
+    for step in steps:
+        while k < len(token_ids) and len(decode(token_ids[: k + 1])) < step.end:
+            k += 1
+        if k < len(token_ids):
+            ends.append(k)
+    return ends

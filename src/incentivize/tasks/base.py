@@ -49,6 +49,11 @@ class Task(ABC):
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return [*system, {"role": "user", "content": self.user_message(example)}]
 
+    def step_labels(self, example: Example, completion: str) -> list[int] | None:
+        """One label per step of `completion` (`rewards.steps.split_steps`): 0 negative, 1 neutral,
+        2 positive; None when the task cannot judge steps (then only outcome labels exist)."""
+        return None
+
     def verify(self, example: Example, completion: str) -> Verdict:
         """Extract the final answer from `completion` and compare it with the gold answer."""
         extracted = extract_answer(completion)

@@ -1,0 +1,1 @@
+"""Multi-stage methods built on the trainers."""
