@@ -211,3 +211,59 @@ def test_encode_truncates_the_prompt_start_first() -> None:
     short = encode(tokenizer, prompt, completion, max_length=kept)
     assert short.ids == full.ids[-kept:] and short.completion_start == 2
     assert [p - 2 for p in short.step_positions] == [p - full.completion_start for p in full.step_positions]
+
+
+def test_step_end_tokens_find_the_token_that_completes_each_line() -> None:
+    from incentivize.rewards.steps import step_end_tokens
+
+    _, tokenizer = load("tiny-random")
+    text = "12 + 30 = 42\n\nso far so good\nAnswer: 42"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ends = step_end_tokens(lambda part: tokenizer.decode(part), ids, text)
+    assert len(ends) == 3 and ends[-1] == len(ids) - 1
+    for end, step in zip(ends, split_steps(text)):
+        assert tokenizer.decode(ids[: end + 1]).rstrip("\n").endswith(step.text)
+        assert not tokenizer.decode(ids[:end]).rstrip("\n").endswith(step.text)
+
+
+def test_grpo_with_prm_step_rewards_runs_from_the_command_line(tmp_path: Path) -> None:
+    from incentivize.rewards import load_reward_function
+
+    trained = _cli("train", "prm", "--model", "tiny-random", "--data", str(FIXTURES / "prm800k_sample.jsonl"),
+                   "--output-dir", "prm", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    reward = load_reward_function(f"prm:{tmp_path / 'prm' / 'final'}")
+    prompts, completions = ["<|im_start|>user\nq<|im_end|>\n"] * 2, ["1 + 1 = 2\nAnswer: 2", "no"]
+    assert reward(prompts, completions) == pytest.approx(load_verifier(tmp_path / "prm" / "final").score(prompts, completions))
+    with pytest.raises(IncentivizeError, match="holds a prm, not a orm"):
+        load_reward_function(f"orm:{tmp_path / 'prm' / 'final'}")
+
+    result = _cli("train", "grpo", "--model", "tiny-random", "--reward", "prm:prm/final", "--set", "advantage=grpo_process",
+                  "--set", "max_steps=2", "--set", "generation_batch_size=8", "--set", "max_completion_length=16",
+                  "--set", "eval_limit=2", "--output-dir", "rl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["reward/prm"] is not None for m in metrics)
+    assert any(abs(m["loss"]) > 0 for m in metrics)  # step rewards differ, so the advantages are not all zero
+    refused = _cli("train", "grpo", "--model", "tiny-random", "--set", "advantage=grpo_process", cwd=tmp_path)
+    assert refused.returncode == 2 and "--reward prm:DIR" in refused.stderr
+
+
+def test_process_step_tensors_put_each_step_reward_at_its_last_token() -> None:
+    from incentivize.rollout import Rollouts
+    from incentivize.trainers.rl import _step_tensors
+
+    _, tokenizer = load("tiny-random")
+    texts = ["7 + 5 = 12\nAnswer: 12", "Answer: 3"]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    rollouts = Rollouts(torch.ones(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.long), ids, mask,
+                        torch.zeros(2, width), torch.tensor([0, 1]), ["eos", "eos"], 0)
+    scores, ends = _step_tensors(tokenizer, rollouts, texts, [[0.9, 0.2], [0.4]])
+    assert scores.shape == ends.shape == (2, 2)
+    assert scores[0].tolist() == pytest.approx([0.9, 0.2]) and scores[1, 0].item() == pytest.approx(0.4)
+    assert torch.isnan(scores[1, 1]) and ends[1, 1].item() == -1
+    assert ends[0, 1].item() == len(rows[0]) - 1 and ends[1, 0].item() == len(rows[1]) - 1
+    assert tokenizer.decode(rows[0][: ends[0, 0] + 1]).endswith("12")

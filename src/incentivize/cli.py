@@ -157,10 +157,15 @@ def train_command(
     output_dir: Annotated[Optional[str], typer.Option(help="run directory (default runs/<algorithm>-<task>-<time>)")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue this run directory from its newest checkpoint")] = None,
     data: Annotated[Optional[str], typer.Option(help="shortcut for --set data=... (rm: pairs JSONL; prm: PRM800K JSONL)")] = None,
+    reward: Annotated[Optional[list[str]], typer.Option(
+        help="RL: one more reward (repeatable): path/to/file.py:function, or a trained reward model orm:DIR, prm:DIR, rm:DIR"
+    )] = None,
 ) -> None:
     """RL training (grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo) or a reward model
     (orm, prm, rm). With no arguments: GRPO on SmolLM2-135M-Instruct on arithmetic, on CPU."""
     if algorithm in REWARD_MODEL_KINDS or algorithm in ("sft", "verifier"):
+        if reward:
+            raise IncentivizeError(f"--reward is for RL training; train {algorithm} takes none")
         if resume is not None:
             raise IncentivizeError(f"--resume continues RL runs; train {algorithm} again with a new --output-dir")
         if data is not None and algorithm not in REWARD_MODEL_KINDS:
@@ -183,14 +188,14 @@ def train_command(
     _quiet_transformers()
     shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir)) if v]
     if resume is not None:
-        if config is not None or shortcuts or set_:
+        if config is not None or shortcuts or set_ or reward:
             raise IncentivizeError(
                 f"--resume continues {resume} with its own config ({resume / 'config.yaml'}); drop --config, --set, "
                 "--model, --task and --output-dir, or start a new run"
             )
         settings = load_run_config(resume)
     else:
-        settings = load_config(algorithm, config, shortcuts + list(set_ or []))
+        settings = load_config(algorithm, config, shortcuts + list(set_ or []), rewards=reward)
     console.print(
         f"{settings.algorithm}: {settings.model} on {settings.task}, {settings.max_steps} steps of "
         f"{settings.prompts_per_step} prompts x {settings.num_generations} completions", highlight=False,

@@ -113,7 +113,12 @@ class RLConfig(BaseModel):
                 f"generation_batch_size ({self.generation_batch_size}) must be a multiple of num_generations "
                 f"({self.num_generations}), the group size: change one of them so that whole groups fill the batch"
             )
-        if self.advantage in ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline") and self.num_generations < 2:
+        if self.advantage == "grpo_process" and not any(spec.startswith("prm:") for spec in self.rewards):
+            raise ValueError(
+                "advantage 'grpo_process' needs step rewards from a process reward model: add --reward prm:DIR "
+                "(a model written by `incentivize train prm`)"
+            )
+        if self.advantage in ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline", "grpo_process") and self.num_generations < 2:
             raise ValueError(f"advantage {self.advantage!r} compares samples of a group: num_generations must be >= 2")
         if self.reward_weights is not None and len(self.reward_weights) != 1 + len(self.rewards):
             raise ValueError(
@@ -155,8 +160,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def load_config(algorithm: str, path: str | Path | None = None, overrides: list[str] | None = None) -> RLConfig:
-    """The preset of `algorithm`, then the YAML file at `path`, then `key=value` overrides."""
+def load_config(algorithm: str, path: str | Path | None = None, overrides: list[str] | None = None,
+                rewards: list[str] | None = None) -> RLConfig:
+    """The preset of `algorithm`, then the YAML file at `path`, then `key=value` overrides; `rewards`
+    (the CLI's `--reward`) are added to the config's reward functions."""
     if algorithm not in PRESETS:
         raise IncentivizeError(_unknown("algorithm", algorithm, PRESETS))
     values: dict[str, Any] = {"algorithm": algorithm, **PRESETS[algorithm]}
@@ -184,7 +191,10 @@ def load_config(algorithm: str, path: str | Path | None = None, overrides: list[
                 f"--set algorithm={values['algorithm']} but the command trains {algorithm!r}; "
                 f"run `incentivize train {values['algorithm']}` instead"
             )
-    return _validate(values, f"config ({' + '.join(sources)})", origins)
+    if rewards:
+        values["rewards"] = [*values.get("rewards", []), *rewards]
+        origins.setdefault("rewards", "--reward")
+    return _validate(values, f"config ({' + '.join(sources)})", origins)  # type: ignore[no-any-return]
 
 
 def load_reward_config(kind: str, path: str | Path | None = None, overrides: list[str] | None = None) -> RewardModelConfig:

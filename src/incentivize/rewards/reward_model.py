@@ -193,7 +193,8 @@ def load_verifier(path: str | Path, device: str | torch.device = "cpu") -> Verif
 class VerifierReward:
     """A trained reward model as a reward function (TRL's signature), named by `orm:DIR`, `prm:DIR` or
     `rm:DIR`: one score per completion (`Verifier.score`). A PRM also gives per-step rewards
-    (`step_rewards`) for process-supervised advantages (`advantage: grpo_process`)."""
+    (`step_rewards`) for process-supervised advantages (`advantage: grpo_process`); the scores and
+    step rewards of one batch come from one forward pass."""
 
     def __init__(self, spec: str) -> None:
         kind, _, path = spec.partition(":")
@@ -201,15 +202,23 @@ class VerifierReward:
         if self.verifier.kind != kind:
             raise IncentivizeError(f"reward {spec}: {path} holds a {self.verifier.kind}, not a {kind}; write {self.verifier.kind}:{path}")
         self.__name__ = kind
+        self._last: tuple[tuple[str, ...], list[list[float]]] | None = None
 
     def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
         from incentivize.rewards.functions import completion_text
 
-        return self.verifier.score([completion_text(p) for p in prompts], [completion_text(c) for c in completions])
+        prompt_texts, texts = [completion_text(p) for p in prompts], [completion_text(c) for c in completions]
+        if self.verifier.kind != "prm":
+            return self.verifier.score(prompt_texts, texts)
+        steps = self.step_rewards(prompt_texts, texts)
+        return [float(step_score(torch.tensor(p), self.verifier.aggregation)) for p in steps]
 
     def step_rewards(self, prompts: list[str], completions: list[str]) -> list[list[float]]:
         """P(step correct) of every step (non-blank line) of each completion."""
-        return self.verifier.step_scores(prompts, completions)
+        key = (*prompts, "\0", *completions)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self.verifier.step_scores(prompts, completions))
+        return self._last[1]
 
 
 def is_verifier_spec(spec: str) -> bool:

@@ -93,7 +93,12 @@ def _defined_callables(module: ModuleType) -> list[str]:
 
 
 def load_reward_function(spec: str) -> RewardFunction:
-    """The callable named by ``spec``: ``path/to/file.py:function_name`` or ``package.module:function_name``."""
+    """The callable named by ``spec``: ``path/to/file.py:function_name`` or ``package.module:function_name``,
+    or a trained reward model, ``orm:DIR``, ``prm:DIR`` or ``rm:DIR`` (`rewards.reward_model.VerifierReward`)."""
+    from incentivize.rewards.reward_model import VerifierReward, is_verifier_spec
+
+    if is_verifier_spec(spec):
+        return VerifierReward(spec)
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name.strip():
         raise IncentivizeError(

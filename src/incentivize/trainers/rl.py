@@ -45,6 +45,7 @@ from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError, describe
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.rewards import load_reward_function
+from incentivize.rewards.steps import step_end_tokens
 from incentivize.rollout import Rollouts, SamplingParams, generate
 from incentivize.tasks import Example, Task, chat_template_warning, load_task, render_prompt
 from incentivize.trainers.interrupt import StopRequest, TrainingInterrupted
@@ -73,6 +74,8 @@ class StepData:
     generate_seconds: float
     score_seconds: float
     texts: list[str]  # decoded completions, one per row
+    step_scores: torch.Tensor | None = None  # (B, S) PRM step rewards, NaN past a row's steps (grpo_process)
+    step_ends: torch.Tensor | None = None  # (B, S) completion-token index where each step ends
 
 
 Callback = Callable[[int, dict[str, Any]], None]
@@ -104,7 +107,7 @@ def train(
     scorer = Scorer(
         task, [load_reward_function(spec) for spec in config.rewards], config.reward_weights, config.format_reward,
         config.max_completion_length, config.overlong_buffer, config.overlong_penalty,
-        timeout_s=config.reward_timeout_s, on_error=config.on_reward_error,
+        timeout_s=config.reward_timeout_s, on_error=config.on_reward_error, process=config.advantage == "grpo_process",
     )
     sampler = PromptSampler(len(train_examples), config.seed)
     learner = Learner(config, models)
@@ -239,6 +242,7 @@ class Learner:
                 scores=data.scores.rewards, mask=mask, group_size=config.num_generations,
                 kl=KL_ESTIMATORS.get(config.kl_estimator)(old_logp, ref_logp) * mask if kl_in_reward and ref_logp is not None else None,
                 beta=config.beta if kl_in_reward else 0.0, values=old_values,
+                step_scores=data.step_scores, step_ends=data.step_ends,
             ),
             **_estimator_params(config),
         )
@@ -381,13 +385,38 @@ def _collect(config: RLConfig, models: Models, task: Task, examples: list[Exampl
                           [texts[r] for r in rows_kept]))
             kept_groups += len(rows_kept) // group
     rollouts = Rollouts.concat([p[0] for p in parts])
+    step_rewards = None
+    if parts[0][2].step_rewards is not None:
+        step_rewards = [steps for p in parts for steps in p[2].step_rewards or []]
     scores = Scores(
         rewards=torch.cat([p[2].rewards for p in parts]), correct=torch.cat([p[2].correct for p in parts]),
         components={k: [v for p in parts for v in p[2].components[k]] for k in parts[0][2].components},
         errors=[e for p in parts for e in p[2].errors], timeouts=sum(p[2].timeouts for p in parts),
+        step_rewards=step_rewards,
     )
-    return StepData(rollouts, [e for p in parts for e in p[1]], scores, zero_share, rounds,
-                    generate_seconds, score_seconds, [t for p in parts for t in p[3]])
+    texts = [t for p in parts for t in p[3]]
+    data = StepData(rollouts, [e for p in parts for e in p[1]], scores, zero_share, rounds,
+                    generate_seconds, score_seconds, texts)
+    if step_rewards is not None:
+        data.step_scores, data.step_ends = _step_tensors(tokenizer, rollouts, texts, step_rewards)
+    return data
+
+
+def _step_tensors(tokenizer: Any, rollouts: Rollouts, texts: list[str],
+                  step_rewards: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S) step rewards (NaN = no step) and the completion-token index where each step ends."""
+    def decode(ids: list[int]) -> str:
+        return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+    ends = [step_end_tokens(decode, ids, text) for ids, text in zip(rollouts.completion_token_lists(), texts)]
+    width = max(1, max(len(e) for e in ends))
+    scores = torch.full((len(texts), width), float("nan"))
+    positions = torch.full((len(texts), width), -1, dtype=torch.long)
+    for row, (row_ends, rewards) in enumerate(zip(ends, step_rewards)):
+        n = min(len(row_ends), len(rewards))  # a step the PRM could not read (truncated) gets no reward
+        scores[row, :n] = torch.tensor(rewards[:n])
+        positions[row, :n] = torch.tensor(row_ends[:n], dtype=torch.long)
+    return scores, positions
 
 
 def _varies(by_group: torch.Tensor) -> torch.Tensor:
@@ -400,7 +429,8 @@ def _varies(by_group: torch.Tensor) -> torch.Tensor:
 def _select_scores(scores: Scores, rows: list[int]) -> Scores:
     index = torch.tensor(rows, dtype=torch.long)
     return Scores(scores.rewards[index], scores.correct[index],
-                  {k: [v[r] for r in rows] for k, v in scores.components.items()}, scores.errors, scores.timeouts)
+                  {k: [v[r] for r in rows] for k, v in scores.components.items()}, scores.errors, scores.timeouts,
+                  [scores.step_rewards[r] for r in rows] if scores.step_rewards is not None else None)
 
 
 def _rollout_metrics(data: StepData) -> dict[str, float]:

@@ -10,6 +10,7 @@ import torch
 
 from incentivize.errors import IncentivizeError
 from incentivize.rewards import call_reward_function, format_reward, reward_name
+from incentivize.rewards.reward_model import VerifierReward
 from incentivize.rewards.user import DEFAULT_TIMEOUT_S
 from incentivize.tasks import Example, Task, reward_columns
 
@@ -23,6 +24,7 @@ class Scores:
     components: dict[str, list[float | None]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # one text per sample a user reward failed on
     timeouts: int = 0  # of those, the samples whose reward call ran out of time
+    step_rewards: list[list[float]] | None = None  # per completion, a PRM's P(correct) of each step (process supervision)
 
 
 def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
@@ -57,6 +59,7 @@ class Scorer:
         *,
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         on_error: Literal["skip", "raise"] = "skip",
+        process: bool = False,
     ) -> None:
         self.task = task
         self.reward_functions = list(reward_functions)
@@ -64,6 +67,11 @@ class Scorer:
         self.format_weight = format_weight
         self.max_length, self.overlong_buffer, self.overlong_factor = max_length, overlong_buffer, overlong_factor
         self.timeout_s, self.on_error = timeout_s, on_error
+        # process supervision reads step rewards from the first reward model that gives them (a PRM)
+        self.step_source = next((fn for fn in self.reward_functions if hasattr(fn, "step_rewards")), None)
+        if process and self.step_source is None:
+            raise IncentivizeError("process supervision needs step rewards: add a process reward model, --reward prm:DIR")
+        self.process = process
 
     def __call__(self, examples: Sequence[Example], prompts: Sequence[str], completions: Sequence[str],
                  lengths: torch.Tensor) -> Scores:
@@ -77,7 +85,9 @@ class Scorer:
             total = total + self.format_weight * torch.tensor(formats)
         columns = reward_columns(examples)
         for fn, weight in zip(self.reward_functions, self.weights[1:]):
-            call = call_reward_function(fn, list(prompts), list(completions), columns, timeout_s=self.timeout_s)
+            # a trained reward model is our own code: no time limit (a large one on a slow CPU is not a hang)
+            timeout = None if isinstance(fn, VerifierReward) else self.timeout_s
+            call = call_reward_function(fn, list(prompts), list(completions), columns, timeout_s=timeout)
             failures = [e for e in call.errors if e is not None]
             if failures and self.on_error == "raise":
                 raise IncentivizeError(
@@ -95,5 +105,7 @@ class Scorer:
             penalty = overlong_penalty(lengths, self.max_length, self.overlong_buffer, self.overlong_factor)
             scores.components["overlong"] = penalty.tolist()
             total = total + penalty
+        if self.process and self.step_source is not None:
+            scores.step_rewards = self.step_source.step_rewards(list(prompts), list(completions))
         scores.rewards = total.float()
         return scores
