@@ -188,6 +188,13 @@ def test_train_reward_model_cli_writes_a_transformers_checkpoint(tmp_path: Path,
         assert len(steps[0]) == 2 and scores[0] == pytest.approx(steps[0][0] * steps[0][1], rel=1e-5)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics and all("loss" in m for m in metrics)
+    if kind != "rm":  # the labelled solutions are kept, and a later run trains on them without sampling
+        solutions = [json.loads(line) for line in (out / "solutions.jsonl").read_text().splitlines()]
+        assert solutions and set(solutions[0]) == {"problem", "prompt", "completion", "correct", "steps"}
+        reuse = _cli("train", "orm", "--model", "tiny-random", "--data", str(out / "solutions.jsonl"),
+                     "--output-dir", str(tmp_path / "reuse"), cwd=tmp_path)
+        assert reuse.returncode == 0, reuse.stderr
+        assert "sampling" not in reuse.stderr + reuse.stdout
     again = _cli("train", kind, "--model", "tiny-random", "--output-dir", str(out), *extra, cwd=tmp_path)
     assert again.returncode != 0 and "already holds a run" in again.stdout + again.stderr  # nothing overwritten
 

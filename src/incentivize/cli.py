@@ -76,7 +76,7 @@ def _quiet_transformers() -> None:
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Option(help="model directory, .gguf file, or built-in name (smollm2-135m, tiny-random)")] = "smollm2-135m",
-    task: Annotated[str, typer.Option(help="arithmetic, gsm8k or jsonl")] = "arithmetic",
+    task: Annotated[str, typer.Option(help="arithmetic, gsm8k, jsonl or code")] = "arithmetic",
     data: Annotated[Optional[str], typer.Option(help="data file (gsm8k, jsonl) or a datasets name")] = None,
     split: Annotated[str, typer.Option(help="split of a built-in task")] = "test",
     limit: Annotated[int, typer.Option(min=1, help="number of problems")] = 200,

@@ -357,7 +357,7 @@ class RewardModelConfig(BaseModel):
     generator: str | None = Field(default=None, description="LM that samples the training solutions; default `model`")
     task: str = "arithmetic"
     task_options: dict[str, Any] = Field(default_factory=dict)
-    data: str | None = Field(default=None, description="prm: PRM800K-style JSONL; rm: pairs JSONL (prompt, chosen, rejected)")
+    data: str | None = Field(default=None, description="orm, prm: an earlier run's solutions.jsonl (no sampling); prm: or PRM800K-style JSONL; rm: pairs JSONL (prompt, chosen, rejected)")
     output_dir: str | None = None
     seed: int = 0
 

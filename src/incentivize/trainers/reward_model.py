@@ -89,6 +89,8 @@ def train_reward_model(config: RewardModelConfig, *, on_event: Callable[[str], N
     lm_head = _lm_head(lm, model) if config.lm_loss_weight > 0 else None
     del lm
     run_dir.mkdir(parents=True, exist_ok=True)
+    if config.kind != "rm":
+        write_solutions(run_dir / "solutions.jsonl", items)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False), encoding="utf-8")
     params = list(model.parameters())
     if lm_head is not None and not any(lm_head is p for p in params):
@@ -143,10 +145,49 @@ def _collect(config: RewardModelConfig, lm: Any, tokenizer: Any, say: Callable[[
         if config.data is None:
             raise IncentivizeError("train rm needs preference pairs: --set data=pairs.jsonl (fields prompt, chosen, rejected)")
         return [(pair, _prompt_text(tokenizer, pair.prompt)) for pair in load_pairs(config.data)]
-    if config.kind == "prm" and config.data is not None:
+    if config.data is not None:
+        if is_solutions_file(config.data):  # the solutions.jsonl of an earlier orm/prm run: no sampling
+            solutions = load_solutions(config.data)
+            if config.kind == "prm" and not any(s.steps for s in solutions):
+                raise IncentivizeError(f"{config.data}: its solutions have no step labels (the task could not label steps)")
+            return solutions
+        if config.kind == "orm":
+            raise IncentivizeError(f"{config.data}: train orm reads a solutions.jsonl written by an earlier orm/prm run")
         return [Solution(s.problem, _prompt_text(tokenizer, s.problem), s.text, s.labels[-1] != 0, s.labels)
                 for s in load_step_solutions(config.data)]
     return _sample_solutions(config, lm, tokenizer, say, progress)
+
+
+SOLUTION_FIELDS = ("problem", "prompt", "completion", "correct", "steps")
+
+
+def is_solutions_file(path: str) -> bool:
+    """Whether `path` holds solutions written by `write_solutions` (rather than PRM800K rows)."""
+    from incentivize.tasks.data import read_jsonl
+
+    return all(name in read_jsonl(path)[0][1] for name in SOLUTION_FIELDS)
+
+
+def write_solutions(path: Path, solutions: list[Solution]) -> None:
+    """The labelled training solutions, one JSON object per line, so later runs can reuse them."""
+    with path.open("w", encoding="utf-8") as handle:
+        for s in solutions:
+            handle.write(json.dumps({name: getattr(s, name) for name in SOLUTION_FIELDS}, ensure_ascii=False) + "\n")
+
+
+def load_solutions(path: str) -> list[Solution]:
+    from incentivize.tasks.data import read_jsonl
+
+    out = []
+    for number, row in read_jsonl(path):
+        missing = [name for name in SOLUTION_FIELDS if name not in row]
+        if missing:
+            raise IncentivizeError(f"{path}:{number}: row has no field {missing[0]!r}; expected {', '.join(SOLUTION_FIELDS)}")
+        if not isinstance(row["steps"], list) or not all(label in (-1, 0, 1, 2) for label in row["steps"]):
+            raise IncentivizeError(f"{path}:{number}: steps must be a list of labels -1, 0, 1 or 2")
+        out.append(Solution(str(row["problem"]), str(row["prompt"]), str(row["completion"]), bool(row["correct"]),
+                            list(row["steps"])))
+    return out
 
 
 def _prompt_text(tokenizer: Any, question: str) -> str:
@@ -179,7 +220,7 @@ def _sample_solutions(config: RewardModelConfig, lm: Any, tokenizer: Any, say: C
     out = []
     for record in records:
         example = by_id[record.example_id]
-        labels = task.step_labels(example, record.completion) if config.kind == "prm" else None
+        labels = task.step_labels(example, record.completion)  # kept for a later prm run on the same solutions
         out.append(Solution(example.question, record.prompt, record.completion, record.correct,
                             supervised_prefix(labels) if labels is not None else []))
     return out
