@@ -167,3 +167,24 @@ def test_save_total_limit_keeps_the_newest_complete_checkpoints(tmp_path, tiny):
     assert latest_checkpoint(tmp_path) == tmp_path / "step-000004"
     assert remove_partial_checkpoints(tmp_path) == [torn] and not torn.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000003", "step-000004"]
+
+
+def test_out_of_memory_stops_with_one_line_naming_the_checkpoint_and_the_remedy(tmp_path, monkeypatch):
+    real_step = rl.Learner.step
+
+    def step_then_run_out(self, data, train_actor=True):
+        if int(self.scheduler.last_epoch) == 2:  # the third step's update does not fit
+            raise torch.OutOfMemoryError("CPU out of memory (tried to allocate 4.00 GiB)")
+        return real_step(self, data, train_actor)
+
+    config = load_config("grpo", None, _overrides(tmp_path, "max_steps=3", "save_steps=1"))
+    monkeypatch.setattr(rl.Learner, "step", step_then_run_out)
+    with pytest.raises(IncentivizeError) as failed:
+        rl.train(config)
+    message = str(failed.value)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert message.startswith("step 3: out of memory;") and "\n" not in message
+    assert f"the newest checkpoint is {checkpoints / 'step-000002'}" in message
+    assert "lower micro_batch_size" in message and f"incentivize train --resume {tmp_path / 'run'}" in message
+    model, _ = load("tiny-random")
+    assert load_checkpoint(checkpoints / "step-000002", model)[1]["step"] == 2

@@ -139,9 +139,12 @@ def train(
         with stop:
             for step in range(done + 1, config.max_steps + 1):
                 t0 = time.perf_counter()
-                data = _collect(config, models, task, train_examples, sampler, scorer, prompt_cache, step)
-                t1 = time.perf_counter()
-                stats = learner.step(data, train_actor=step > config.critic_warmup_steps)
+                try:
+                    data = _collect(config, models, task, train_examples, sampler, scorer, prompt_cache, step)
+                    t1 = time.perf_counter()
+                    stats = learner.step(data, train_actor=step > config.critic_warmup_steps)
+                except (MemoryError, torch.OutOfMemoryError):
+                    raise IncentivizeError(_out_of_memory_message(run_dir, step, config)) from None
                 t2 = time.perf_counter()
                 metrics = {"step": step, **_rollout_metrics(data), **stats,
                            "time/generate": data.generate_seconds, "time/score": data.score_seconds,
@@ -528,9 +531,19 @@ def _save(run_dir: Path, step: int, models: Models, learner: Learner, sampler: P
         raise IncentivizeError(f"step {step}: writing its checkpoint failed ({describe(err)}); {kept}") from None
 
 
-def _nonfinite_message(run_dir: Path, step: int, streak: int) -> str:
+def _newest_checkpoint_text(run_dir: Path) -> str:
     previous = latest_checkpoint(run_dir / "checkpoints")
-    where = f"the newest checkpoint is {previous}" if previous else "no checkpoint was written (set save_steps)"
+    return f"the newest checkpoint is {previous}" if previous else "no checkpoint was written (set save_steps)"
+
+
+def _out_of_memory_message(run_dir: Path, step: int, config: RLConfig) -> str:
+    return (f"step {step}: out of memory; {_newest_checkpoint_text(run_dir)}; lower micro_batch_size (now "
+            f"{config.micro_batch_size}; it changes memory, not the math), max_completion_length or "
+            f"generation_batch_size, then continue with: incentivize train --resume {run_dir}")
+
+
+def _nonfinite_message(run_dir: Path, step: int, streak: int) -> str:
+    where = _newest_checkpoint_text(run_dir)
     return (f"step {step}: the loss or gradient was NaN or infinite in {streak} steps in a row (max_nonfinite_steps), "
             f"so their updates were skipped and the run stopped; {where}; lower learning_rate or check the rewards")
 
