@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
@@ -227,16 +228,10 @@ def _train_reward_model(kind: str, config: Path | None, overrides: list[str]) ->
     from incentivize.config import load_reward_config
     from incentivize.trainers.reward_model import train_reward_model
 
-    _quiet_transformers()
     settings = load_reward_config(kind, config, overrides)
     source = settings.data or f"{settings.samples_per_problem} samples x {settings.num_problems} {settings.task} problems"
     console.print(f"{kind}: reward model on {settings.model}, data: {source}", highlight=False)
-    on_progress, close = _staged_progress()
-    try:
-        result = train_reward_model(settings, on_event=lambda text: console.print(text, highlight=False),
-                                    on_progress=on_progress)
-    finally:
-        close()
+    result = _run_in_stages(train_reward_model, settings)
     if result.metrics:
         _print_metrics(result.metrics, "validation")
     console.print(f"{result.seconds / 60:.1f} min; reward model in {result.run_dir / 'final'}", highlight=False)
@@ -261,8 +256,10 @@ def _load_verifiers(specs: list[SelectSpec]) -> tuple[dict[str, Any], list[Any]]
     return {names[path]: verifier for path, verifier in loaded.items()}, selectors
 
 
-def _staged_progress() -> tuple[Any, Any]:
-    """A progress callback `(stage, done, total)` that shows one bar per stage, and a closer."""
+def _run_in_stages(run: Callable[..., Any], settings: Any) -> Any:
+    """`run(settings, on_event=..., on_progress=...)` with its milestones printed and one progress bar
+    per stage (`on_progress(stage, done, total)`)."""
+    _quiet_transformers()
     bars: dict[str, ProgressReporter] = {}
     names = {"sample": "sampling", "train": "training", "sft": "fine-tuning"}
 
@@ -276,21 +273,17 @@ def _staged_progress() -> tuple[Any, Any]:
         for bar in bars.values():
             bar.__exit__()
 
-    return on_progress, close
+    try:
+        return run(settings, on_event=lambda text: console.print(text, highlight=False), on_progress=on_progress)
+    finally:
+        close()
 
 
 def _train_sft(config: Path | None, overrides: list[str]) -> None:
     from incentivize.config import SFTConfig, load_settings
     from incentivize.trainers.sft import train_sft
 
-    _quiet_transformers()
-    settings = load_settings(SFTConfig, config, overrides)
-    on_progress, close = _staged_progress()
-    try:
-        result = train_sft(settings, on_event=lambda text: console.print(text, highlight=False),
-                           on_progress=lambda done, total: on_progress("sft", done, total))
-    finally:
-        close()
+    result = _run_in_stages(train_sft, load_settings(SFTConfig, config, overrides))
     _print_metrics({f"{k} (before -> after)": f"{result.before[k]:.3f} -> {result.after[k]:.3f}"
                     for k in ("greedy_accuracy", "greedy_parsed")}, "held-out")
     console.print(f"{result.seconds / 60:.1f} min; fine-tuned model in {result.run_dir / 'final'}", highlight=False)
@@ -301,14 +294,7 @@ def _run_verifier_recipe(config: Path | None, overrides: list[str]) -> None:
     from incentivize.inference.selection import sweep_markdown
     from incentivize.recipes.verifier import run_verifier_recipe
 
-    _quiet_transformers()
-    settings = load_settings(VerifierRecipeConfig, config, overrides)
-    on_progress, close = _staged_progress()
-    try:
-        result = run_verifier_recipe(settings, on_event=lambda text: console.print(text, highlight=False),
-                                     on_progress=on_progress)
-    finally:
-        close()
+    result = _run_in_stages(run_verifier_recipe, load_settings(VerifierRecipeConfig, config, overrides))
     if result.sweep is not None:
         console.print(sweep_markdown(result.sweep), highlight=False, markup=False)
     console.print(f"{result.seconds / 60:.1f} min; results in {result.run_dir}", highlight=False)

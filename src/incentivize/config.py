@@ -344,22 +344,27 @@ def _unknown(kind: str, name: str, choices: Any) -> str:
     return f"unknown {kind} {name!r}{hint}"
 
 
-class RewardModelConfig(BaseModel):
+class RunSettings(BaseModel):
+    """The keys every supervised command shares: the model it starts from, the task, where the run goes."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str = Field(default="smollm2-135m", description="the LM to start from (directory, .gguf or built-in name)")
+    task: str = "arithmetic"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    output_dir: str | None = None
+    seed: int = 0
+
+
+class RewardModelConfig(RunSettings):
     """`incentivize train orm|prm|rm`: a reward model on the LM `model`, from sampled and checked
     solutions (orm, prm on a task that labels steps), PRM800K-style step labels (prm with `data`) or
     preference pairs (rm, `data` required). Defaults follow Cobbe et al. (T 0.7, lr 1e-5, 1 epoch,
     token-level targets) scaled down to a CPU."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
     kind: Literal["orm", "prm", "rm"] = "orm"
-    model: str = Field(default="smollm2-135m", description="LM the reward model starts from")
     generator: str | None = Field(default=None, description="LM that samples the training solutions; default `model`")
-    task: str = "arithmetic"
-    task_options: dict[str, Any] = Field(default_factory=dict)
     data: str | None = Field(default=None, description="orm, prm: an earlier run's solutions.jsonl (no sampling); prm: or PRM800K-style JSONL; rm: pairs JSONL (prompt, chosen, rejected)")
-    output_dir: str | None = None
-    seed: int = 0
 
     # the training solutions (orm, and prm without data)
     num_problems: int = Field(default=128, ge=1, description="training problems to sample solutions for")
@@ -386,18 +391,11 @@ class RewardModelConfig(BaseModel):
     validation_share: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of problems held out for validation")
 
 
-class SFTConfig(BaseModel):
+class SFTConfig(RunSettings):
     """`incentivize train sft`: supervised fine-tuning on a task's reference solutions (the prompt is
     not a target). Cobbe et al. train the verifier's generator this way for 2 epochs."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    model: str = "smollm2-135m"
-    task: str = "arithmetic"
-    task_options: dict[str, Any] = Field(default_factory=dict)
     num_examples: int | None = Field(default=1024, ge=1, description="training problems used (None: all)")
-    output_dir: str | None = None
-    seed: int = 0
     epochs: int = Field(default=2, ge=1)
     learning_rate: float = Field(default=1e-5, gt=0.0)
     batch_size: int = Field(default=16, ge=1, description="solutions per optimizer step")
@@ -408,19 +406,12 @@ class SFTConfig(BaseModel):
     eval_limit: int = Field(default=100, ge=1, description="held-out problems for greedy accuracy before and after")
 
 
-class VerifierRecipeConfig(BaseModel):
+class VerifierRecipeConfig(RunSettings):
     """`incentivize train verifier`: Cobbe et al.'s recipe end to end on a task with reference
     solutions: SFT the generator, sample solutions per training problem and train an outcome
     verifier on them (initialised from the generator, jointly with the LM loss), then sample
     `eval_samples` per held-out problem and rerank. Defaults are the paper's scaled to a CPU."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    model: str = "smollm2-135m"
-    task: str = "arithmetic"
-    task_options: dict[str, Any] = Field(default_factory=dict)
-    output_dir: str | None = None
-    seed: int = 0
     sft_epochs: int = Field(default=2, ge=0, description="generator fine-tuning epochs (0: use the model as is)")
     sft_examples: int = Field(default=512, ge=1)
     sft_learning_rate: float = Field(default=1e-5, gt=0.0)

@@ -57,7 +57,7 @@ def run_verifier_recipe(config: VerifierRecipeConfig, *, on_event: Callable[[str
             SFTConfig(model=config.model, task=config.task, task_options=config.task_options, seed=config.seed,
                       num_examples=config.sft_examples, epochs=config.sft_epochs, learning_rate=config.sft_learning_rate,
                       eval_limit=config.eval_limit, output_dir=str(run_dir / "generator")),
-            on_event=say, on_progress=lambda done, total: progress("sft", done, total),
+            on_event=say, on_progress=progress,
         )
         generator = str(sft.run_dir / "final")
         say(f"generator greedy accuracy {sft.before['greedy_accuracy']:.3f} -> {sft.after['greedy_accuracy']:.3f}")

@@ -136,12 +136,16 @@ class Verifier:
     def score(self, prompts: list[str], completions: list[str], batch_size: int = 16) -> list[float]:
         """One score per completion, higher = better: P(correct) for orm and prm, a BT score for rm."""
         if self.kind == "prm":
-            return [float(step_score(torch.tensor(p), self.aggregation)) for p in self.step_scores(prompts, completions, batch_size)]
+            return self.solution_scores(self.step_scores(prompts, completions, batch_size))
         scores: list[float] = []
         for encoded, logits in self._batches(prompts, completions, batch_size):
             last = logits[torch.arange(len(encoded)), torch.tensor([e.last for e in encoded]), 0]
             scores += (torch.sigmoid(last) if self.kind == "orm" else last).tolist()
         return scores
+
+    def solution_scores(self, step_probabilities: list[list[float]]) -> list[float]:
+        """A PRM's score of each solution from its steps' P(correct), by `aggregation` (prod, min, last)."""
+        return [float(step_score(torch.tensor(p), self.aggregation)) for p in step_probabilities]
 
     def step_scores(self, prompts: list[str], completions: list[str], batch_size: int = 16) -> list[list[float]]:
         """P(step correct) for each step (non-blank line) of each completion; a PRM only."""
@@ -210,8 +214,7 @@ class VerifierReward:
         prompt_texts, texts = [completion_text(p) for p in prompts], [completion_text(c) for c in completions]
         if self.verifier.kind != "prm":
             return self.verifier.score(prompt_texts, texts)
-        steps = self.step_rewards(prompt_texts, texts)
-        return [float(step_score(torch.tensor(p), self.verifier.aggregation)) for p in steps]
+        return self.verifier.solution_scores(self.step_rewards(prompt_texts, texts))
 
     def step_rewards(self, prompts: list[str], completions: list[str]) -> list[list[float]]:
         """P(step correct) of every step (non-blank line) of each completion."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import time
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 from incentivize.algorithms.reward_losses import bradley_terry_loss, outcome_loss, step_loss
 from incentivize.config import RewardModelConfig
@@ -42,7 +40,9 @@ from incentivize.rewards.reward_model import (
 from incentivize.rewards.steps import supervised_prefix
 from incentivize.rollout import SamplingParams
 from incentivize.tasks import load_task, render_prompt
+from incentivize.tasks.data import read_jsonl
 from incentivize.tasks.reward_data import load_pairs, load_step_solutions
+from incentivize.trainers.loop import apply_gradients, create_run_dir, new_run_dir, train_epochs
 
 
 @dataclass
@@ -74,7 +74,7 @@ def train_reward_model(config: RewardModelConfig, *, on_event: Callable[[str], N
     started = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    run_dir = _run_dir(config)
+    run_dir = new_run_dir(config.output_dir, config.kind)
     lm, tokenizer = load(config.model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -88,30 +88,17 @@ def train_reward_model(config: RewardModelConfig, *, on_event: Callable[[str], N
     model = score_head_model(lm, config.kind)
     lm_head = _lm_head(lm, model) if config.lm_loss_weight > 0 else None
     del lm
-    run_dir.mkdir(parents=True, exist_ok=True)
+    create_run_dir(run_dir, config)
     if config.kind != "rm":
         write_solutions(run_dir / "solutions.jsonl", items)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False), encoding="utf-8")
     params = list(model.parameters())
     if lm_head is not None and not any(lm_head is p for p in params):
         params.append(lm_head)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    order_rng = random.Random(config.seed)
-    step = 0
     model.train()
-    with (run_dir / "metrics.jsonl").open("w", encoding="utf-8") as metrics_file:
-        for epoch in range(config.epochs):
-            order = list(range(len(train_items)))
-            order_rng.shuffle(order)
-            for start in range(0, len(order), config.batch_size):
-                batch = [train_items[i] for i in order[start : start + config.batch_size]]
-                stats = _update(config, model, lm_head, tokenizer, batch, optimizer)
-                step += 1
-                metrics_file.write(json.dumps({"step": step, "epoch": epoch + 1, **stats}) + "\n")
-                metrics_file.flush()
-                progress("train", step, total)
+    step = train_epochs(train_items, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                        update=lambda batch: _update(config, model, lm_head, tokenizer, batch, optimizer),
+                        metrics_path=run_dir / "metrics.jsonl", on_step=lambda done, total: progress("train", done, total))
     model.eval()
     meta = {"kind": config.kind, "aggregation": config.aggregation, "neutral": config.neutral,
             "target": config.target, "max_length": config.max_length, "base_model": config.model}
@@ -126,16 +113,6 @@ def train_reward_model(config: RewardModelConfig, *, on_event: Callable[[str], N
     return RewardModelResult(run_dir, metrics, seconds)
 
 
-def _run_dir(config: RewardModelConfig) -> Path:
-    run_dir = Path(config.output_dir) if config.output_dir else Path("runs") / f"{config.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise IncentivizeError(f"output_dir {run_dir} is a file; choose another --output-dir")
-    for name in ("final", "metrics.jsonl"):
-        if (run_dir / name).exists():
-            raise IncentivizeError(f"{run_dir} already holds a run ({name}); choose another --output-dir so nothing is overwritten")
-    return run_dir
-
-
 # ---------------------------------------------------------------------------------------------- data
 
 
@@ -146,8 +123,9 @@ def _collect(config: RewardModelConfig, lm: Any, tokenizer: Any, say: Callable[[
             raise IncentivizeError("train rm needs preference pairs: --set data=pairs.jsonl (fields prompt, chosen, rejected)")
         return [(pair, _prompt_text(tokenizer, pair.prompt)) for pair in load_pairs(config.data)]
     if config.data is not None:
-        if is_solutions_file(config.data):  # the solutions.jsonl of an earlier orm/prm run: no sampling
-            solutions = load_solutions(config.data)
+        rows = read_jsonl(config.data)
+        if all(name in rows[0][1] for name in SOLUTION_FIELDS):  # an earlier orm/prm run's solutions.jsonl
+            solutions = _solutions_from_rows(config.data, rows)
             if config.kind == "prm" and not any(s.steps for s in solutions):
                 raise IncentivizeError(f"{config.data}: its solutions have no step labels (the task could not label steps)")
             return solutions
@@ -161,13 +139,6 @@ def _collect(config: RewardModelConfig, lm: Any, tokenizer: Any, say: Callable[[
 SOLUTION_FIELDS = ("problem", "prompt", "completion", "correct", "steps")
 
 
-def is_solutions_file(path: str) -> bool:
-    """Whether `path` holds solutions written by `write_solutions` (rather than PRM800K rows)."""
-    from incentivize.tasks.data import read_jsonl
-
-    return all(name in read_jsonl(path)[0][1] for name in SOLUTION_FIELDS)
-
-
 def write_solutions(path: Path, solutions: list[Solution]) -> None:
     """The labelled training solutions, one JSON object per line, so later runs can reuse them."""
     with path.open("w", encoding="utf-8") as handle:
@@ -175,11 +146,9 @@ def write_solutions(path: Path, solutions: list[Solution]) -> None:
             handle.write(json.dumps({name: getattr(s, name) for name in SOLUTION_FIELDS}, ensure_ascii=False) + "\n")
 
 
-def load_solutions(path: str) -> list[Solution]:
-    from incentivize.tasks.data import read_jsonl
-
+def _solutions_from_rows(path: str, rows: list[tuple[int, dict[str, Any]]]) -> list[Solution]:
     out = []
-    for number, row in read_jsonl(path):
+    for number, row in rows:
         missing = [name for name in SOLUTION_FIELDS if name not in row]
         if missing:
             raise IncentivizeError(f"{path}:{number}: row has no field {missing[0]!r}; expected {', '.join(SOLUTION_FIELDS)}")
@@ -271,12 +240,7 @@ def _update(config: RewardModelConfig, model: Any, lm_head: torch.Tensor | None,
         (loss * len(micro) / len(batch)).backward()
         for name, (_, value) in losses.items():
             totals[name] = totals.get(name, 0.0) + float(value.detach()) * len(micro) / len(batch)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-    if math.isfinite(grad_norm):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {**totals, "grad_norm": grad_norm}
+    return {**totals, "grad_norm": apply_gradients(optimizer, config.max_grad_norm)}
 
 
 def _losses(config: RewardModelConfig, model: Any, lm_head: torch.Tensor | None, tokenizer: Any,
