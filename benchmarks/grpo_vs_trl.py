@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 PROMPTS_PER_STEP, GROUP, MAX_NEW = 4, 8, 64
+DEFAULT_OVERRIDES = ["recompute_mlp=true"]  # memory settings of incentivize; none changes the math
 TASK_OPTIONS = {"num_ops": 1, "digits": 2, "word_problems": True}
 
 
@@ -50,16 +51,20 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4, help="incentivize: completions per forward/backward")
     parser.add_argument("--trl-micro-batch", type=int, default=32,
                         help="TRL: per_device_train_batch_size (32: the whole step at once, as in the reference measurement)")
+    parser.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
+                        help="incentivize config overrides (repeatable; default: recompute_mlp=true)")
     parser.add_argument("--peak", type=float, default=125.0, help="fp32 matmul peak of this machine, GFLOP/s")
     parser.add_argument("--json", type=Path, help="also write all results here")
     parser.add_argument("--worker", choices=["trl", "incentivize"], help=argparse.SUPPRESS)
     parser.add_argument("--beta", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    overrides = DEFAULT_OVERRIDES if args.overrides is None else args.overrides
     if args.worker:
-        worker = run_trl if args.worker == "trl" else run_incentivize
-        micro_batch = args.trl_micro_batch if args.worker == "trl" else args.micro_batch
-        result = worker(args.beta, args.warmup + args.steps, micro_batch)
+        if args.worker == "trl":
+            result = run_trl(args.beta, args.warmup + args.steps, args.trl_micro_batch)
+        else:
+            result = run_incentivize(args.beta, args.warmup + args.steps, args.micro_batch, overrides)
         result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         result["timed"] = result["steps"][args.warmup :]
         args.out.write_text(json.dumps(result))
@@ -73,7 +78,8 @@ def main() -> None:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 command = [sys.executable, __file__, "--worker", side, "--beta", str(beta), "--steps", str(args.steps),
                            "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
-                           "--trl-micro-batch", str(args.trl_micro_batch), "--out", out.name]
+                           "--trl-micro-batch", str(args.trl_micro_batch), "--out", out.name,
+                           *[f"--set={o}" for o in overrides]]
                 subprocess.run(command, check=True)
                 results[f"{side} beta={beta}"] = json.loads(Path(out.name).read_text())
             report(results, args.peak)
@@ -142,7 +148,7 @@ def model_dir() -> str:
 # ---------------------------------------------------------------------------------------------- incentivize
 
 
-def run_incentivize(beta: float, steps: int, micro_batch: int) -> dict[str, Any]:
+def run_incentivize(beta: float, steps: int, micro_batch: int, overrides: list[str] | None = None) -> dict[str, Any]:
     from incentivize.config import load_config
     from incentivize.models import load
     from incentivize.trainers.rl import train
@@ -166,6 +172,7 @@ def run_incentivize(beta: float, steps: int, micro_batch: int) -> dict[str, Any]
             "lr_scheduler_type=constant", "max_grad_norm=1.0", "loss_type=dapo", "scale_rewards=group", "epsilon=0.2",
             "num_iterations=1", f"beta={beta}", "kl_in=loss", "kl_estimator=k3", f"micro_batch_size={micro_batch}",
             f"max_steps={steps}", "eval_before=false", "eval_limit=1", f"output_dir={tmp}/run",
+            *(DEFAULT_OVERRIDES if overrides is None else overrides),
         ])
         train(config, on_step=on_step)
     model, _ = load("smollm2-135m")

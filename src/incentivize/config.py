@@ -58,6 +58,9 @@ class RLConfig(BaseModel):
     num_iterations: int = Field(default=1, ge=1, description="updates per rollout batch (mu)")
     micro_batch_size: int = Field(default=4, ge=1, description="completions per forward/backward (memory, not math)")
     share_prompt: bool = Field(default=True, description="compute a group's shared prompt once in the learner")
+    recompute_mlp: bool = Field(
+        default=False, description="recompute each layer's MLP in the backward pass: less activation memory, a little more time"
+    )
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     adam_beta1: float = 0.9

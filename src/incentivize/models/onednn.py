@@ -57,10 +57,25 @@ class _Linear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _matmul_nt(g, weight.t()).view(ctx.input_shape)  # g W
         if ctx.needs_input_grad[1]:
-            grad_w = _matmul_nt(g.t(), flat.t())  # g^T x
+            if weight.grad is not None and getattr(weight, "accumulate_in_place", False):
+                _accumulate_weight_grad(weight.grad, g, flat)
+            else:
+                grad_w = _matmul_nt(g.t(), flat.t())  # g^T x
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(dim=0)
         return grad_x, grad_w, grad_b
+
+
+def _accumulate_weight_grad(grad: torch.Tensor, g: torch.Tensor, flat: torch.Tensor, rows: int = 8192) -> None:
+    """grad += g^T x, `rows` output rows at a time: no temporary the size of the weight.
+
+    Used for weights flagged `accumulate_in_place` whose gradient already exists (the trainer's flat
+    gradient buffers): for a vocabulary-sized output layer the temporary would be the largest single
+    allocation of the backward pass, made while all the activations are still alive.
+    """
+    for start in range(0, grad.shape[0], rows):
+        block = slice(start, start + rows)
+        grad[block] += _matmul_nt(g[:, block].t(), flat.t())
 
 
 class OneDNNLinear(torch.nn.Linear):
@@ -100,8 +115,47 @@ def available() -> bool:
     return close
 
 
+class _Embedding(torch.autograd.Function):
+    """An embedding lookup whose backward adds into the existing `weight.grad` in place."""
+
+    @staticmethod
+    def forward(ctx: Any, ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+        ctx.save_for_backward(ids, weight)
+        ctx.padding_idx = padding_idx
+        return torch.nn.functional.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
+        ids, weight = ctx.saved_tensors
+        ids, rows = ids.reshape(-1), grad.reshape(-1, weight.shape[1])
+        if ctx.padding_idx is not None:  # the padding row gets no gradient, as in nn.Embedding
+            keep = ids != ctx.padding_idx
+            ids, rows = ids[keep], rows[keep]
+        weight.grad.index_add_(0, ids, rows)
+        return None, None, None
+
+
+class InPlaceGradEmbedding(torch.nn.Embedding):
+    """An `nn.Embedding` that, for a weight flagged `accumulate_in_place` whose gradient exists, adds its
+    gradient rows into `.grad` instead of building a dense vocabulary-sized gradient first."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if (weight.grad is None or not getattr(weight, "accumulate_in_place", False) or not torch.is_grad_enabled()
+                or self.max_norm is not None or self.scale_grad_by_freq or self.sparse):
+            return super().forward(ids)
+        result: torch.Tensor = _Embedding.apply(ids, weight, self.padding_idx)
+        return result
+
+
 def install(model: torch.nn.Module) -> int:
-    """Route the float32 CPU `nn.Linear` layers of `model` through oneDNN; returns how many were changed."""
+    """Route the float32 CPU `nn.Linear` layers of `model` through oneDNN; returns how many were changed.
+
+    Embeddings become `InPlaceGradEmbedding` (used only when the trainer flags their weight)."""
+    for module in model.modules():
+        if type(module) is torch.nn.Embedding:
+            module.__class__ = InPlaceGradEmbedding
     if not available():
         return 0
     changed = 0
@@ -117,3 +171,5 @@ def uninstall(model: torch.nn.Module) -> None:
     for module in model.modules():
         if type(module) is OneDNNLinear:
             module.__class__ = torch.nn.Linear  # type: ignore[assignment]
+        elif type(module) is InPlaceGradEmbedding:
+            module.__class__ = torch.nn.Embedding  # type: ignore[assignment]

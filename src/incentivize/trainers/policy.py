@@ -16,6 +16,7 @@ from incentivize.errors import IncentivizeError
 from incentivize.models import load
 from incentivize.models.cache import cache_argument
 from incentivize.models.heads import ValueModel
+from incentivize.models.recompute import recompute_mlp
 from incentivize.rollout import Rollouts
 
 
@@ -50,6 +51,8 @@ def build_models(config: RLConfig) -> Models:
     if config.advantage == "gae":
         critic = ValueModel.from_causal_lm(load(config.critic_model)[0] if config.critic_model else policy)
         critic.eval()
+    if config.recompute_mlp:
+        recompute_mlp(policy)  # after the reference copy: the reference never runs a backward pass
     policy.eval()  # no dropout: the learner must see the same distribution the engine sampled from
     return Models(policy, tokenizer, reference, critic, uses_lora)
 

@@ -49,6 +49,7 @@ from incentivize.rewards.steps import step_end_tokens
 from incentivize.rollout import Rollouts, SamplingParams, generate
 from incentivize.tasks import Example, Task, chat_template_warning, load_task, render_prompt
 from incentivize.trainers.interrupt import StopRequest, TrainingInterrupted
+from incentivize.trainers.flat_state import FlatGradients, flatten_adam_state
 from incentivize.trainers.policy import Batch, Models, build_models, token_logprobs, token_values
 from incentivize.trainers.sampler import PromptSampler
 from incentivize.trainers.scoring import Scorer, Scores
@@ -185,9 +186,15 @@ class Learner:
         self.config, self.models = config, models
         self.aggregation = loss_type_to_aggregation(config.loss_type)
         params = [p for p in models.policy.parameters() if p.requires_grad]
+        # fused: one kernel per update and no temporaries the size of the model
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
         self.optimizer = torch.optim.AdamW(
-            params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay
+            params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.weight_decay, fused=fused,
         )
+        # gradients and Adam moments in flat buffers allocated once (see flat_state)
+        flatten_adam_state(self.optimizer)
+        self.gradients = FlatGradients(params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
         self.critic_optimizer = None
         if models.critic is not None:
@@ -208,6 +215,7 @@ class Learner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        flatten_adam_state(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_updates = int(state.get("skipped_updates", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
@@ -278,7 +286,7 @@ class Learner:
         totals: dict[str, float] = {}
         clock = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
         for iteration in range(config.num_iterations):
-            self.optimizer.zero_grad(set_to_none=True)
+            self.gradients.zero()
             loss_sum = 0.0
             for c in chunks:
                 started = time.perf_counter()
@@ -308,7 +316,6 @@ class Learner:
                 self.optimizer.step()
             else:
                 self.skipped_updates += 1
-            self.optimizer.zero_grad(set_to_none=True)  # free the gradients while the next rollout runs
             clock["optimizer"] += time.perf_counter() - started
             if iteration == 0:
                 totals["loss"], totals["grad_norm"] = loss_sum, grad_norm
