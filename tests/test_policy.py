@@ -5,7 +5,7 @@ import torch
 
 from incentivize.config import load_config
 from incentivize.rollout import SamplingParams, generate
-from incentivize.trainers.policy import Batch, token_logprobs
+from incentivize.trainers.policy import Batch, SharedPrompts, token_logprobs
 from incentivize.trainers.rl import train
 
 
@@ -69,3 +69,33 @@ def test_a_short_run_learns_the_same_with_and_without_prompt_sharing(tmp_path):
         assert shared["reward_mean"] == full["reward_mean"]  # same samples: the weights stayed in step
         for key in ("loss", "kl", "entropy", "grad_norm"):
             assert shared[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("micro", [1, 3, 5])
+def test_prompts_shared_across_micro_batches_give_the_full_forward_gradients(tiny, rollouts, micro):
+    model, _ = tiny
+    batch = Batch.from_rollouts(rollouts)
+    weights = torch.linspace(-1.0, 1.0, batch.width)
+
+    def grads(prompts):
+        model.zero_grad(set_to_none=True)
+        values = []
+        for start in range(0, len(rollouts), micro):
+            part = batch.rows(slice(start, start + micro))
+            logp, _ = token_logprobs(model, part, 0.7, share_prompt=prompts is not None, prompts=prompts)
+            (logp * part.pad(part.completion_mask.float()) * weights).sum().backward()
+            if prompts is not None:
+                prompts.release(start + micro)
+            values.append(logp.detach())
+        if prompts is not None:
+            assert not prompts.held  # every prompt went back through its forward pass
+        return torch.cat(values), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    shared, shared_grads = grads(SharedPrompts(model, rollouts, detach=True))
+    full, full_grads = grads(None)
+    mask = rollouts.completion_mask.bool()
+    torch.testing.assert_close(shared[mask], full[mask], atol=2e-5, rtol=1e-5)
+    assert shared_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        scale = float(full_grads[name].abs().max())
+        torch.testing.assert_close(shared_grads[name], full_grads[name], atol=2e-5 * scale, rtol=1e-4, msg=name)

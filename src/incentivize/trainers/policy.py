@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from incentivize.algorithms.logprobs import entropy_from_logits, selective_log_softmax
 from incentivize.config import RLConfig
@@ -123,17 +124,20 @@ class Batch:
 
 def token_logprobs(
     model: Any, batch: Batch, temperature: float, *, share_prompt: bool = True, with_entropy: bool = False,
-    grad: bool = True,
+    grad: bool = True, prompts: SharedPrompts | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(completion token) at `temperature`, (B, width); and the policy entropy per token if asked.
 
     With `share_prompt`, each distinct prompt of the batch goes through the model once and its KV
     cache serves all its completions (the 8 completions of a GRPO group share one prompt), in the
     forward and in the backward pass; the result equals the plain full-sequence forward up to float
-    rounding.
+    rounding. Pass `prompts` (a `SharedPrompts` of the whole rollout batch) to share each prompt across
+    the micro-batches of a step as well.
     """
     with nullcontext() if grad else torch.no_grad():
-        logits = (_shared_prompt_logits if share_prompt else _full_logits)(model, batch)  # (B, T, V)
+        if prompts is None and share_prompt:
+            prompts = SharedPrompts(model, batch.rollouts, detach=False)
+        logits = _full_logits(model, batch) if prompts is None else prompts.logits(batch)  # (B, T, V)
         if temperature != 1.0:
             logits = logits / temperature
         # one sequence at a time: the float32 temporaries of the softmax stay at (T, V)
@@ -155,30 +159,95 @@ def _full_logits(model: Any, batch: Batch) -> torch.Tensor:
     return logits[:, :-1]  # position p predicts token p + 1
 
 
-def _shared_prompt_logits(model: Any, batch: Batch) -> torch.Tensor:
-    """(B, T, V) like `_full_logits`, computing each distinct prompt once."""
-    _, inverse, counts = torch.unique_consecutive(batch.prompt_index, return_inverse=True, return_counts=True)
-    heads = torch.cumsum(counts, dim=0) - counts  # first row of each distinct prompt
-    prompt_mask = batch.prompt_mask[heads]
-    cache_arg = cache_argument(model)
-    prefix = model(
-        input_ids=batch.prompt_ids[heads], attention_mask=prompt_mask,
-        position_ids=(prompt_mask.cumsum(dim=1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1,
-    )
-    first = prefix.logits[:, -1:][inverse]  # (B, 1, V): predicts completion token 0
-    width = batch.completion_ids.shape[1]
-    if width == 1:
-        return first
-    cache = prefix[cache_arg]
-    cache.batch_select_indices(inverse)  # a differentiable gather: gradients flow back into the shared prompt
-    # Completion tokens attend to the real prompt tokens and to the tokens before them; right padding
-    # comes after every real token, so a causal model never lets it change a real token's logits.
-    inputs = batch.completion_ids[:, :-1]  # the last token predicts nothing we score
-    attention = torch.cat([batch.prompt_mask, torch.ones_like(inputs)], dim=1)
-    positions = batch.prompt_mask.sum(dim=1, keepdim=True) + torch.arange(width - 1, device=inputs.device)
-    rest = model(input_ids=inputs, attention_mask=attention, position_ids=positions, use_cache=True,
-                 logits_to_keep=width - 1, **{cache_arg: cache}).logits
-    return torch.cat([first, rest], dim=1)
+@dataclass
+class _Prefix:
+    """One prompt after its forward pass: per-layer keys and values (1, heads, length, dim) and the
+    logits (1, V) that predict the first completion token."""
+
+    length: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    first: torch.Tensor
+    sources: list[torch.Tensor]  # with `detach`: the tensors of the prompt's graph the above were cut from
+
+
+class SharedPrompts:
+    """Each distinct prompt of a rollout batch through the model once, for all the rows that share it.
+
+    `logits(batch)` computes the prompts a micro-batch needs (each at most once while it is held) and
+    runs only the completions, attending to the prompts' cached keys and values. With `detach`, the
+    cached tensors are leaves cut from the prompt's graph: gradients of every micro-batch collect in
+    them, and `release(upto)` sends them through the prompt's forward pass once, after the rows before
+    `upto` (which must include the prompt's last row) have all been backpropagated. Without `detach`
+    the prompt stays in each micro-batch's graph (one call, one backward pass).
+    """
+
+    def __init__(self, model: Any, rollouts: Rollouts, *, detach: bool) -> None:
+        self.model, self.rollouts, self.detach = model, rollouts, detach
+        self.cache_arg = cache_argument(model)
+        self.first_row: dict[int, int] = {}
+        self.last_row: dict[int, int] = {}
+        for row, prompt in enumerate(rollouts.prompt_index.tolist()):
+            self.first_row.setdefault(prompt, row)
+            self.last_row[prompt] = row
+        self.held: dict[int, _Prefix] = {}
+
+    def _prefix(self, prompt: int) -> _Prefix | None:
+        if prompt in self.held:
+            return self.held[prompt]
+        row = self.first_row[prompt]
+        ids = self.rollouts.prompt_ids[row][self.rollouts.prompt_mask[row].bool()][None]  # (1, L): no padding
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        layers = getattr(out[self.cache_arg], "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            return None  # sliding-window or other cache layers: the caller runs full sequences
+        sources = [layer.keys for layer in layers] + [layer.values for layer in layers] + [out.logits[:, -1]]
+        held = [t.detach().requires_grad_(t.requires_grad) for t in sources] if self.detach else sources
+        n = len(layers)
+        self.held[prompt] = _Prefix(ids.shape[1], held[:n], held[n : 2 * n], held[-1], sources if self.detach else [])
+        return self.held[prompt]
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """(B, T, V) like `_full_logits`, for rows of the rollout batch this was built from."""
+        found = [self._prefix(p) for p in batch.prompt_index.tolist()]
+        prefixes = [p for p in found if p is not None]
+        if len(prefixes) < len(found):
+            return _full_logits(self.model, batch)
+        first = torch.stack([p.first[0] for p in prefixes])[:, None]  # (B, 1, V): predicts completion token 0
+        width = batch.completion_ids.shape[1]
+        if width == 1:
+            return first
+        prompt_width = max(p.length for p in prefixes)
+
+        def rows(per_layer: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+            # left-pad each prompt's states to the widest prompt of the micro-batch: (B, heads, prompt_width, dim)
+            return [torch.cat([torch.nn.functional.pad(t, (0, 0, prompt_width - t.shape[-2], 0)) for t in layer])
+                    for layer in zip(*per_layer)]
+
+        keys, values = rows([p.keys for p in prefixes]), rows([p.values for p in prefixes])
+        cache = DynamicCache(ddp_cache_data=list(zip(keys, values)))
+        lengths = torch.tensor([p.length for p in prefixes], device=first.device)
+        prompt_mask = (torch.arange(prompt_width, device=first.device) >= prompt_width - lengths[:, None]).long()
+        # Completion tokens attend to the real prompt tokens and to the tokens before them; right padding
+        # comes after every real token, so a causal model never lets it change a real token's logits.
+        inputs = batch.completion_ids[:, :-1]  # the last token predicts nothing we score
+        attention = torch.cat([prompt_mask, torch.ones_like(inputs)], dim=1)
+        positions = lengths[:, None] + torch.arange(width - 1, device=inputs.device)
+        rest = self.model(input_ids=inputs, attention_mask=attention, position_ids=positions, use_cache=True,
+                          logits_to_keep=width - 1, **{self.cache_arg: cache}).logits
+        return torch.cat([first, rest], dim=1)
+
+    def release(self, upto: int) -> None:
+        """Drop the prompts whose rows all come before `upto`; with `detach`, backpropagate into them first."""
+        for prompt in [p for p in self.held if self.last_row[p] < upto]:
+            prefix = self.held.pop(prompt)
+            if not self.detach:
+                continue
+            cut = [*prefix.keys, *prefix.values, prefix.first]
+            pairs = [(source, leaf.grad) for source, leaf in zip(prefix.sources, cut)
+                     if source.requires_grad and leaf.grad is not None]
+            if pairs:
+                torch.autograd.backward([s for s, _ in pairs], [g for _, g in pairs])
 
 
 def token_values(critic: ValueModel, batch: Batch) -> torch.Tensor:

@@ -50,7 +50,7 @@ from incentivize.rollout import Rollouts, SamplingParams, generate
 from incentivize.tasks import Example, Task, chat_template_warning, load_task, render_prompt
 from incentivize.trainers.interrupt import StopRequest, TrainingInterrupted
 from incentivize.trainers.flat_state import FlatGradients, flatten_adam_state
-from incentivize.trainers.policy import Batch, Models, build_models, token_logprobs, token_values
+from incentivize.trainers.policy import Batch, Models, SharedPrompts, build_models, token_logprobs, token_values
 from incentivize.trainers.sampler import PromptSampler
 from incentivize.trainers.scoring import Scorer, Scores
 
@@ -236,11 +236,14 @@ class Learner:
         started = time.perf_counter()
         if config.beta > 0:
             with models.reference_policy() as reference:
-                ref_logp = torch.cat([
-                    token_logprobs(reference, batch.rows(c), config.temperature, share_prompt=config.share_prompt,
-                                   grad=False)[0]
-                    for c in chunks
-                ])
+                prompts = SharedPrompts(reference, rollouts, detach=False) if config.share_prompt else None
+                parts = []
+                for c in chunks:
+                    parts.append(token_logprobs(reference, batch.rows(c), config.temperature,
+                                                share_prompt=config.share_prompt, grad=False, prompts=prompts)[0])
+                    if prompts is not None:
+                        prompts.release(c.stop)
+                ref_logp = torch.cat(parts)
         reference_seconds = time.perf_counter() - started
         old_values = None
         if models.critic is not None:
@@ -288,10 +291,13 @@ class Learner:
         for iteration in range(config.num_iterations):
             self.gradients.zero()
             loss_sum = 0.0
+            # each prompt once per step, across micro-batches; its gradient flows back after its last row
+            prompts = SharedPrompts(self.models.policy, batch.rollouts, detach=True) if config.share_prompt else None
             for c in chunks:
                 started = time.perf_counter()
                 logp, entropy = token_logprobs(self.models.policy, batch.rows(c), config.temperature,
-                                               share_prompt=config.share_prompt, with_entropy=iteration == 0)
+                                               share_prompt=config.share_prompt, with_entropy=iteration == 0,
+                                               prompts=prompts)
                 per_token, pstats = ppo_clip_loss(
                     logp, old_logp[c], advantages[c], mask[c], eps_low=config.epsilon, eps_high=config.clip_high,
                     dual_clip=config.dual_clip, ratio_level=config.ratio_level,
@@ -301,6 +307,8 @@ class Learner:
                 loss = aggregate(per_token, mask[c], normalizer)
                 backward_started = time.perf_counter()
                 loss.backward()
+                if prompts is not None:
+                    prompts.release(c.stop)
                 clock["forward"] += backward_started - started
                 clock["backward"] += time.perf_counter() - backward_started
                 loss_sum += float(loss.detach())
