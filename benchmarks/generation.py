@@ -4,7 +4,8 @@
 
 The batch is the GRPO step of the TRL comparison (`grpo_vs_trl.py`): 4 arithmetic word problems x 8
 samples, at most 64 new tokens, temperature 1.0, top-p 1.0, top-k off, SmolLM2-135M-Instruct in
-float32. `model.generate` gets the 32 left-padded rows (each prompt repeated 8 times, as TRL does);
+float32. `model.generate` gets the 32 left-padded rows (each prompt repeated 8 times, as TRL does),
+once with PyTorch's own linear layers (as TRL runs it) and once with incentivize's oneDNN linears;
 the engine gets the 4 prompts and n = 8. Tokens counted are the generated ones up to and including
 EOS, never padding. The two alternate, `--repeats` times each after one untimed warm-up each, and
 the medians are printed.
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from incentivize.models import load
+from incentivize.models import load, onednn
 from incentivize.rollout import SamplingParams, generate
 from incentivize.tasks import load_task, render_prompt
 
@@ -42,9 +43,14 @@ def main() -> None:
     print(f"{args.model} {args.dtype} on {args.device}: {args.prompts} prompts x {args.n} samples, "
           f"up to {args.max_new_tokens} new tokens, prompts of {[len(p) for p in prompts]} tokens")
 
-    runs: dict[str, list[tuple[int, float]]] = {"model.generate": [], "incentivize engine": []}
+    # model.generate as TRL runs it (PyTorch's own linear layers), the same with incentivize's oneDNN
+    # linears (`incentivize.models.onednn`, what `load` installs), and the engine with them
+    sides = [("model.generate", hf_generate, False), ("model.generate + oneDNN linears", hf_generate, True),
+             ("incentivize engine", engine_generate, True)]
+    runs: dict[str, list[tuple[int, float]]] = {name: [] for name, _, _ in sides}
     for repeat in range(args.repeats + 1):
-        for name, fn in (("model.generate", hf_generate), ("incentivize engine", engine_generate)):
+        for name, fn, fast in sides:
+            (onednn.install if fast else onednn.uninstall)(model)
             synchronize(args.device)
             started = time.perf_counter()
             tokens = fn(model, tokenizer, prompts, args.n, args.max_new_tokens, seed=repeat)
@@ -58,7 +64,9 @@ def main() -> None:
     for name, results in runs.items():
         print(f"| {name} | {rates[name]:.0f} | {statistics.median(s for _, s in results):.2f} | "
               f"{statistics.median(t for t, _ in results):.0f} |")
-    print(f"\nengine / model.generate: {rates['incentivize engine'] / rates['model.generate']:.2f}x tokens per second")
+    engine = rates["incentivize engine"]
+    print(f"\nengine / model.generate: {engine / rates['model.generate']:.2f}x tokens per second "
+          f"(against model.generate with the same oneDNN linears: {engine / rates['model.generate + oneDNN linears']:.2f}x)")
 
 
 def hf_generate(model: Any, tokenizer: Any, prompts: list[list[int]], n: int, max_new: int, seed: int) -> int:

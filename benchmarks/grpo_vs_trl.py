@@ -11,7 +11,8 @@ iteration; KL k3 in the loss with `beta`; gradient checkpointing off; arithmetic
 prompt tokens with the chat template); reward 1 for an exactly right answer. Micro-batching does not
 change the math (the dapo loss divides by the token count of the whole step on both sides): TRL
 runs its 32 completions in one forward/backward by default (`--trl-micro-batch`, as in the
-reference measurement of 71 s and 14 GiB), incentivize in micro-batches of 4 (`--micro-batch`).
+reference measurement of 71 s and 14 GiB), incentivize in micro-batches of 2 (`--micro-batch`) with
+`recompute_mlp=true` (`--set`; both trade a little time for memory).
 
 Each measurement runs in its own process (`--worker trl|incentivize`), so its peak resident memory
 (`ru_maxrss`) is its own; the parent alternates TRL and incentivize for each beta and prints per-step
@@ -19,8 +20,10 @@ medians, the phase split, peak memory and the ratios. The first `--warmup` steps
 
 FLOP figures: "model GFLOP" counts the standard 2 x parameters per token forward and 6 x per token
 trained, every completion with its full prompt (generation: prefill + one token at a time), plus the
-attention scores; "GFLOP/s" is that over the median step, against the machine's measured fp32
-matmul peak (`--peak`, 125 GFLOP/s on the 2-core CPU this was built on).
+attention scores; "GFLOP/s" is that over the median step, against the machine's fp32 matmul peak,
+measured at the start (`measure_peak`: the better of torch.mm and oneDNN on a 2048-square product)
+unless `--peak` gives it. incentivize computes each prompt once per group, so its achieved rate on
+these standard FLOPs can exceed what its kernels run at.
 """
 
 from __future__ import annotations
@@ -48,12 +51,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--betas", default="0.04,0", help="comma-separated KL coefficients")
     parser.add_argument("--only", choices=["trl", "incentivize"], help="run one side only")
-    parser.add_argument("--micro-batch", type=int, default=4, help="incentivize: completions per forward/backward")
+    parser.add_argument("--micro-batch", type=int, default=2, help="incentivize: completions per forward/backward")
     parser.add_argument("--trl-micro-batch", type=int, default=32,
                         help="TRL: per_device_train_batch_size (32: the whole step at once, as in the reference measurement)")
     parser.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
                         help="incentivize config overrides (repeatable; default: recompute_mlp=true)")
-    parser.add_argument("--peak", type=float, default=125.0, help="fp32 matmul peak of this machine, GFLOP/s")
+    parser.add_argument("--peak", type=float, help="fp32 matmul peak of this machine, GFLOP/s (default: measured)")
     parser.add_argument("--json", type=Path, help="also write all results here")
     parser.add_argument("--worker", choices=["trl", "incentivize"], help=argparse.SUPPRESS)
     parser.add_argument("--beta", type=float, help=argparse.SUPPRESS)
@@ -70,6 +73,8 @@ def main() -> None:
         args.out.write_text(json.dumps(result))
         return
 
+    if args.peak is None:
+        args.peak = measure_peak()
     sides = [args.only] if args.only else ["trl", "incentivize"]
     results: dict[str, dict[str, Any]] = {}
     for beta in [float(b) for b in args.betas.split(",")]:
@@ -85,6 +90,24 @@ def main() -> None:
             report(results, args.peak)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def measure_peak(size: int = 2048, repeats: int = 10) -> float:
+    """The machine's float32 matmul peak in GFLOP/s: the better of PyTorch's own (MKL on x86) and oneDNN
+    on a `size`-square product. On an AMD CPU with AVX-512 the two differ about 2x (MKL runs AVX2 there)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    rates = {}
+    for name, fn in (("torch.mm", lambda: a @ b.t()),
+                     ("oneDNN", lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))):
+        fn()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        rates[name] = 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+    print("float32 matmul peak, GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()), flush=True)
+    return max(rates.values())
 
 
 def report(results: dict[str, dict[str, Any]], peak: float) -> None:
