@@ -99,3 +99,20 @@ def test_prompts_shared_across_micro_batches_give_the_full_forward_gradients(tin
     for name in full_grads:
         scale = float(full_grads[name].abs().max())
         torch.testing.assert_close(shared_grads[name], full_grads[name], atol=2e-5 * scale, rtol=1e-4, msg=name)
+
+
+def test_a_model_whose_cache_is_not_plain_falls_back_to_full_sequences(tiny, rollouts):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    _, tokenizer = tiny
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                           pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    batch = Batch.from_rollouts(rollouts).rows(slice(0, 6))
+    prompts = SharedPrompts(model, rollouts, detach=True)
+    shared, _ = token_logprobs(model, batch, 1.0, prompts=prompts, grad=False)
+    assert not prompts.supported and not prompts.held  # a sliding-window cache: full sequences instead
+    full, _ = token_logprobs(model, batch, 1.0, share_prompt=False, grad=False)
+    assert torch.equal(shared, full)

@@ -191,16 +191,18 @@ class SharedPrompts:
             self.first_row.setdefault(prompt, row)
             self.last_row[prompt] = row
         self.held: dict[int, _Prefix] = {}
+        self.supported = True  # False once the model's cache turns out not to be a plain one
 
     def _prefix(self, prompt: int) -> _Prefix | None:
-        if prompt in self.held:
-            return self.held[prompt]
+        if prompt in self.held or not self.supported:
+            return self.held.get(prompt)
         row = self.first_row[prompt]
         ids = self.rollouts.prompt_ids[row][self.rollouts.prompt_mask[row].bool()][None]  # (1, L): no padding
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         layers = getattr(out[self.cache_arg], "layers", None)
         if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-            return None  # sliding-window or other cache layers: the caller runs full sequences
+            self.supported = False  # sliding-window or other cache layers: full sequences instead
+            return None
         sources = [layer.keys for layer in layers] + [layer.values for layer in layers] + [out.logits[:, -1]]
         held = [t.detach().requires_grad_(t.requires_grad) for t in sources] if self.detach else sources
         n = len(layers)
