@@ -359,7 +359,18 @@ class RunSettings(BaseModel):
     seed: int = 0
 
 
-class RewardModelConfig(RunSettings):
+class SupervisedSettings(RunSettings):
+    """The optimisation keys of the supervised trainers (`trainers/loop.py`)."""
+
+    learning_rate: float = Field(default=1e-5, gt=0.0)
+    batch_size: int = Field(default=16, ge=1, description="sequences (pairs for rm) per optimizer step")
+    micro_batch_size: int = Field(default=8, ge=1, description="sequences per forward/backward (memory, not math)")
+    max_length: int = Field(default=512, ge=8, description="tokens of prompt + completion kept")
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+
+
+class RewardModelConfig(SupervisedSettings):
     """`incentivize train orm|prm|rm`: a reward model on the LM `model`, from sampled and checked
     solutions (orm, prm on a task that labels steps), PRM800K-style step labels (prm with `data`) or
     preference pairs (rm, `data` required). Defaults follow Cobbe et al. (T 0.7, lr 1e-5, 1 epoch,
@@ -382,30 +393,18 @@ class RewardModelConfig(RunSettings):
     lm_loss_weight: float = Field(default=0.0, ge=0.0, description="weight of the LM loss on the solutions (Cobbe et al.: 1)")
     neutral: Literal["positive", "negative"] = Field(default="positive", description="prm: a neutral step counts as")
     aggregation: Literal["prod", "min", "last"] = Field(default="prod", description="prm: steps to a solution score")
-    max_length: int = Field(default=512, ge=8, description="tokens of prompt + completion kept")
 
     # optimisation
     epochs: int = Field(default=1, ge=1)
-    learning_rate: float = Field(default=1e-5, gt=0.0)
-    batch_size: int = Field(default=16, ge=1, description="sequences (pairs for rm) per optimizer step")
-    micro_batch_size: int = Field(default=8, ge=1, description="sequences per forward/backward (memory, not math)")
-    max_grad_norm: float = Field(default=1.0, gt=0.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
     validation_share: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of problems held out for validation")
 
 
-class SFTConfig(RunSettings):
+class SFTConfig(SupervisedSettings):
     """`incentivize train sft`: supervised fine-tuning on a task's reference solutions (the prompt is
     not a target). Cobbe et al. train the verifier's generator this way for 2 epochs."""
 
     num_examples: int | None = Field(default=1024, ge=1, description="training problems used (None: all)")
     epochs: int = Field(default=2, ge=1)
-    learning_rate: float = Field(default=1e-5, gt=0.0)
-    batch_size: int = Field(default=16, ge=1, description="solutions per optimizer step")
-    micro_batch_size: int = Field(default=8, ge=1, description="solutions per forward/backward (memory, not math)")
-    max_length: int = Field(default=512, ge=8)
-    max_grad_norm: float = Field(default=1.0, gt=0.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
     eval_limit: int = Field(default=100, ge=1, description="held-out problems for greedy accuracy before and after")
 
 
