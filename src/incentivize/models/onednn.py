@@ -115,47 +115,8 @@ def available() -> bool:
     return close
 
 
-class _Embedding(torch.autograd.Function):
-    """An embedding lookup whose backward adds into the existing `weight.grad` in place."""
-
-    @staticmethod
-    def forward(ctx: Any, ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
-        ctx.save_for_backward(ids, weight)
-        ctx.padding_idx = padding_idx
-        return torch.nn.functional.embedding(ids, weight, padding_idx)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
-        ids, weight = ctx.saved_tensors
-        ids, rows = ids.reshape(-1), grad.reshape(-1, weight.shape[1])
-        if ctx.padding_idx is not None:  # the padding row gets no gradient, as in nn.Embedding
-            keep = ids != ctx.padding_idx
-            ids, rows = ids[keep], rows[keep]
-        weight.grad.index_add_(0, ids, rows)
-        return None, None, None
-
-
-class InPlaceGradEmbedding(torch.nn.Embedding):
-    """An `nn.Embedding` that, for a weight flagged `accumulate_in_place` whose gradient exists, adds its
-    gradient rows into `.grad` instead of building a dense vocabulary-sized gradient first."""
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        weight = self.weight
-        if (weight.grad is None or not getattr(weight, "accumulate_in_place", False) or not torch.is_grad_enabled()
-                or self.max_norm is not None or self.scale_grad_by_freq or self.sparse):
-            return super().forward(ids)
-        result: torch.Tensor = _Embedding.apply(ids, weight, self.padding_idx)
-        return result
-
-
 def install(model: torch.nn.Module) -> int:
-    """Route the float32 CPU `nn.Linear` layers of `model` through oneDNN; returns how many were changed.
-
-    Embeddings become `InPlaceGradEmbedding` (used only when the trainer flags their weight)."""
-    for module in model.modules():
-        if type(module) is torch.nn.Embedding:
-            module.__class__ = InPlaceGradEmbedding
+    """Route the float32 CPU `nn.Linear` layers of `model` through oneDNN; returns how many were changed."""
     if not available():
         return 0
     changed = 0
@@ -171,5 +132,3 @@ def uninstall(model: torch.nn.Module) -> None:
     for module in model.modules():
         if type(module) is OneDNNLinear:
             module.__class__ = torch.nn.Linear  # type: ignore[assignment]
-        elif type(module) is InPlaceGradEmbedding:
-            module.__class__ = torch.nn.Embedding  # type: ignore[assignment]
