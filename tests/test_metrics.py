@@ -6,7 +6,8 @@ from itertools import combinations
 
 import pytest
 
-from incentivize.eval.metrics import maj_at_k, majority_vote, mean_pass_at_k, pass_at_k
+from incentivize.eval.metrics import maj_at_k, mean_pass_at_k
+from incentivize.inference.voting import majority_vote, pass_at_k
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:

@@ -10,7 +10,7 @@ from itertools import combinations
 import pytest
 
 from incentivize.errors import IncentivizeError
-from incentivize.eval.metrics import pass_at_k
+from incentivize.inference.voting import pass_at_k
 from incentivize.inference import (
     Problem,
     Selector,

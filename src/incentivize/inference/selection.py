@@ -3,7 +3,7 @@
 A selector sees one problem's samples: their extracted answers (None where none could be parsed)
 and, for the verifier-based ones, one score per sample, higher is better. It returns the index of
 the sample it picks (None when there is nothing to pick); the pick is right when that sample is.
-Voting groups answers as :func:`incentivize.eval.metrics.majority_vote` does: numbers by value
+Voting groups answers as :func:`incentivize.inference.voting.majority_vote` does: numbers by value
 (``"1,000"`` votes with ``"1000.0"``), ties to the answer seen first.
 
 - :func:`majority`: self-consistency, the most common answer (Wang et al. 2022).
@@ -31,7 +31,7 @@ from itertools import combinations
 from pathlib import Path
 
 from incentivize.errors import IncentivizeError
-from incentivize.eval.metrics import majority_vote, pass_at_k, vote_key
+from incentivize.inference.voting import majority_vote, pass_at_k, vote_key
 
 __all__ = [
     "Problem",
