@@ -21,7 +21,8 @@ from incentivize.rewards.reward_model import Verifier, encode, load_verifier, sc
 from incentivize.rewards.steps import split_steps, supervised_prefix
 from incentivize.tasks import load_task
 from incentivize.tasks.reward_data import load_pairs, load_step_solutions
-from incentivize.trainers.reward_model import Solution, _update
+from incentivize.trainers.loop import clipped_step
+from incentivize.trainers.reward_model import Solution, backward_batch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -146,7 +147,9 @@ def test_a_few_updates_teach_the_head_to_tell_right_from_wrong(kind: str) -> Non
     losses = []
     for _ in range(25):
         model.train()
-        losses.append(_update(config, model, lm_head if kind == "orm" else None, tokenizer, items, optimizer)["loss"])
+        optimizer.zero_grad()
+        losses.append(backward_batch(config, model, lm_head if kind == "orm" else None, tokenizer, items)["loss"])
+        clipped_step(optimizer, list(model.parameters()), config.max_grad_norm)
     model.eval()
     after = verifier.score([s.prompt for s in items], [s.completion for s in items])
     assert losses[-1] < 0.5 * losses[0]
@@ -258,7 +261,7 @@ def test_grpo_with_prm_step_rewards_runs_from_the_command_line(tmp_path: Path) -
 
 def test_process_step_tensors_put_each_step_reward_at_its_last_token() -> None:
     from incentivize.rollout import Rollouts
-    from incentivize.trainers.rl import _step_tensors
+    from incentivize.trainers.collect import step_tensors as _step_tensors
 
     _, tokenizer = load("tiny-random")
     texts = ["7 + 5 = 12\nAnswer: 12", "Answer: 3"]

@@ -1,7 +1,7 @@
 """Checkpoints in Hugging Face format plus the trainer state needed to resume exactly.
 
 A checkpoint directory holds the model (`save_pretrained`, safetensors; a LoRA run saves its
-adapter), the tokenizer, `trainer_state.pt` (optimizer, scheduler and RNG states: tensors and plain
+adapter), the tokenizer, further modules such as a critic under `modules/`, `trainer_state.pt` (optimizer, scheduler and RNG states: tensors and plain
 values only, loadable with `torch.load(weights_only=True)`) and `trainer_state.json` (step, data
 position, readable). It is written under a temporary name and renamed when complete, so a torn
 checkpoint is never taken for a whole one (and is deleted on resume); only the newest `keep` are kept.
@@ -13,11 +13,14 @@ import json
 import random
 import shutil
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from incentivize.atomic import atomic_directory
+
+MODULES = "modules"  # further modules (a critic), one safetensors file each
 
 
 def rng_state() -> dict[str, Any]:
@@ -50,23 +53,21 @@ def remove_partial_checkpoints(root: Path) -> list[Path]:
 
 
 def load_checkpoint(
-    path: Path, model: Any, critic: torch.nn.Module | None = None
+    path: Path, model: Any = None, modules: Mapping[str, torch.nn.Module] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load the weights of `path` into `model` (full model or LoRA adapter) and `critic`; return (trainer state, info)."""
+    """Load the weights of `path` into `model` (full model or LoRA adapter) and `modules`; return (trainer state, info)."""
     from safetensors.torch import load_file
 
-    if critic is not None:
-        critic.load_state_dict(load_file(path / "critic.safetensors"))
-
-    if (path / "adapter_model.safetensors").exists():
+    for name, module in (modules or {}).items():
+        module.load_state_dict(load_file(path / MODULES / f"{name}.safetensors"))
+    if model is not None and (path / "adapter_model.safetensors").exists():
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
-    else:
+    elif model is not None:
         state: dict[str, torch.Tensor] = {}
         for shard in sorted(path.glob("*.safetensors")):
-            if shard.name != "critic.safetensors":
-                state.update(load_file(shard))
+            state.update(load_file(shard))
         missing, unexpected = model.load_state_dict(state, strict=False)
         tied = set(getattr(model, "_tied_weights_keys", None) or [])
         if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
@@ -78,17 +79,21 @@ def load_checkpoint(
 
 def save_checkpoint(
     root: Path, step: int, model: Any, tokenizer: Any, trainer_state: dict[str, Any], info: dict[str, Any], keep: int,
-    critic: torch.nn.Module | None = None,
+    modules: Mapping[str, torch.nn.Module] | None = None,
 ) -> Path:
-    """Write `root/step-{step}` atomically and prune older checkpoints beyond `keep`."""
+    """Write `root/step-{step}` atomically and prune older checkpoints beyond `keep`. `model` (with its
+    `tokenizer`) may be None for a trainer whose state is all in `trainer_state`."""
     target = root / f"step-{step:06d}"
     with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if critic is not None:
+        if model is not None:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        if modules:
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, str(tmp / "critic.safetensors"))
-        tokenizer.save_pretrained(tmp)
+            (tmp / MODULES).mkdir()
+            for name, module in modules.items():
+                save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / MODULES / f"{name}.safetensors"))
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **info}, indent=2) + "\n")
     for old in complete_checkpoints(root)[:-keep]:

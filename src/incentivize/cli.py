@@ -147,6 +147,23 @@ def eval_command(
     _check_reward_errors(report.reward_errors, len(report.records))
 
 
+@app.command("report")
+def report_command(
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="run directories (several: their curves overlaid)",
+                                                    show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file to write (default: <run>/report.html "
+                                                   "for one run, ./report.html for several)")] = None,
+) -> None:
+    """A self-contained HTML report of one or more runs: held-out accuracy before and after, every
+    logged metric against the step, the N-sweep of a verifier recipe, and a browser of the samples."""
+    from incentivize.report import write_report
+
+    started = time.perf_counter()
+    path = write_report(runs, output, on_warning=lambda text: console.print(f"[yellow]warning:[/] {escape(text)}",
+                                                                            highlight=False))
+    console.print(f"wrote {path} in {time.perf_counter() - started:.1f}s", highlight=False)
+
+
 @app.command("train")
 def train_command(
     algorithm: Annotated[str, typer.Argument(help="grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo; "
@@ -162,79 +179,85 @@ def train_command(
         help="RL: one more reward (repeatable): path/to/file.py:function, or a trained reward model orm:DIR, prm:DIR, rm:DIR"
     )] = None,
 ) -> None:
-    """RL training (grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo) or a reward model
-    (orm, prm, rm). With no arguments: GRPO on SmolLM2-135M-Instruct on arithmetic, on CPU."""
-    if algorithm in REWARD_MODEL_KINDS or algorithm in ("sft", "verifier"):
-        if reward:
-            raise IncentivizeError(f"--reward is for RL training; train {algorithm} takes none")
-        if resume is not None:
-            raise IncentivizeError(f"--resume continues RL runs; train {algorithm} again with a new --output-dir")
-        if data is not None and algorithm not in REWARD_MODEL_KINDS:
-            raise IncentivizeError(f"--data is for train orm|prm|rm; for {algorithm} give --set task_options.data=FILE")
-        shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir), ("data", data)) if v]
-        overrides = shortcuts + list(set_ or [])
-        if algorithm == "sft":
-            _train_sft(config, overrides)
-        elif algorithm == "verifier":
-            _run_verifier_recipe(config, overrides)
-        else:
-            _train_reward_model(algorithm, config, overrides)
-        return
-    if data is not None:
-        raise IncentivizeError("--data is for train orm|prm|rm; for RL give the task's data with --set task_options.data=FILE")
-    from incentivize.config import load_config, load_run_config
-    from incentivize.trainers.interrupt import TrainingInterrupted
-    from incentivize.trainers.rl import train
+    """RL training (grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo), SFT, a reward model
+    (orm, prm, rm) or the verifier recipe; --resume continues any of them. With no arguments: GRPO on
+    SmolLM2-135M-Instruct on arithmetic, on CPU."""
+    from incentivize.config import (
+        RewardModelConfig, SFTConfig, VerifierRecipeConfig, load_config, load_run_config, load_settings,
+    )
 
-    _quiet_transformers()
-    shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir)) if v]
+    rl = algorithm not in (*REWARD_MODEL_KINDS, "sft", "verifier")
+    shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir), ("data", data)) if v]
     if resume is not None:
         if config is not None or shortcuts or set_ or reward:
             raise IncentivizeError(
                 f"--resume continues {resume} with its own config ({resume / 'config.yaml'}); drop --config, --set, "
                 "--model, --task and --output-dir, or start a new run"
             )
-        settings = load_run_config(resume)
+        _run_training(load_run_config(resume), resume=True)
+        return
+    if reward and not rl:
+        raise IncentivizeError(f"--reward is for RL training; train {algorithm} takes none")
+    if data is not None and algorithm not in REWARD_MODEL_KINDS:
+        raise IncentivizeError(f"--data is for train orm|prm|rm; for {'RL' if rl else algorithm} give the task's data "
+                               "with --set task_options.data=FILE")
+    overrides = shortcuts + list(set_ or [])
+    settings: Any
+    if rl:
+        settings = load_config(algorithm, config, overrides, rewards=reward)
+    elif algorithm == "sft":
+        settings = load_settings(SFTConfig, config, overrides)
+    elif algorithm == "verifier":
+        settings = load_settings(VerifierRecipeConfig, config, overrides)
     else:
-        settings = load_config(algorithm, config, shortcuts + list(set_ or []), rewards=reward)
-    console.print(
-        f"{settings.algorithm}: {settings.model} on {settings.task}, {settings.max_steps} steps of "
-        f"{settings.prompts_per_step} prompts x {settings.num_generations} completions", highlight=False,
-    )
-    try:
-        with ProgressReporter("training", settings.max_steps, console) as progress:
-            def on_step(step: int, metrics: dict[str, Any]) -> None:
-                progress.advance(1, f"reward {metrics['reward_mean']:.3f} acc {metrics['accuracy']:.3f}")
-
-            result = train(settings, on_step=on_step, on_event=lambda text: console.print(text, highlight=False),
-                           resume=resume is not None)
-    except TrainingInterrupted as err:  # Ctrl-C: one line saying where the checkpoint is and how to continue
-        console.print(str(err), highlight=False, markup=False)
-        raise typer.Exit(130) from None
-    table = Table(title=f"held-out greedy accuracy ({settings.eval_limit} problems)")
-    for column in ("", "before", "after"):
-        table.add_column(column, justify="right")
-    for name in ("greedy_accuracy", "greedy_parsed", "greedy_mean_length"):
-        before = f"{result.before[name]:.3f}" if result.before else "-"
-        table.add_row(name, before, f"{result.after[name]:.3f}")
-    Console().print(table)
-    console.print(f"{result.seconds / 60:.1f} min; final model in {result.run_dir / 'final'}", highlight=False)
+        settings = load_settings(RewardModelConfig, config, overrides, {"kind": algorithm})
+    _run_training(settings, resume=False)
 
 
 REWARD_MODEL_KINDS = ("orm", "prm", "rm")
 
 
-def _train_reward_model(kind: str, config: Path | None, overrides: list[str]) -> None:
-    from incentivize.config import load_reward_config
-    from incentivize.trainers.reward_model import train_reward_model
+def _run_training(settings: Any, *, resume: bool) -> None:
+    """Train `settings` (any trainer's config) with progress bars, then print what it achieved."""
+    from incentivize.config import RewardModelConfig, RLConfig, SFTConfig
+    from incentivize.trainers.interrupt import TrainingInterrupted
 
-    settings = load_reward_config(kind, config, overrides)
-    source = settings.data or f"{settings.samples_per_problem} samples x {settings.num_problems} {settings.task} problems"
-    console.print(f"{kind}: reward model on {settings.model}, data: {source}", highlight=False)
-    result = _run_in_stages(train_reward_model, settings)
-    if result.metrics:
-        _print_metrics(result.metrics, "validation")
-    console.print(f"{result.seconds / 60:.1f} min; reward model in {result.run_dir / 'final'}", highlight=False)
+    run: Callable[..., Any]
+    if isinstance(settings, RLConfig):
+        from incentivize.trainers.rl import train
+
+        console.print(
+            f"{settings.algorithm}: {settings.model} on {settings.task}, {settings.max_steps} steps of "
+            f"{settings.prompts_per_step} prompts x {settings.num_generations} completions", highlight=False,
+        )
+        run, title, made = train, f"held-out greedy accuracy ({settings.eval_limit} problems)", "final model"
+    elif isinstance(settings, SFTConfig):
+        from incentivize.trainers.sft import train_sft
+
+        run, title, made = train_sft, f"held-out ({settings.eval_limit} problems)", "fine-tuned model"
+    elif isinstance(settings, RewardModelConfig):
+        from incentivize.trainers.reward_model import train_reward_model
+
+        source = settings.data or f"{settings.samples_per_problem} samples x {settings.num_problems} {settings.task} problems"
+        console.print(f"{settings.kind}: reward model on {settings.model}, data: {source}", highlight=False)
+        run, title, made = train_reward_model, "validation", "reward model"
+    else:
+        from incentivize.recipes.verifier import run_verifier_recipe
+
+        run, title, made = run_verifier_recipe, "", "results"
+    try:
+        result = _run_in_stages(run, settings, resume=resume)
+    except TrainingInterrupted as err:  # Ctrl-C: one line saying where the checkpoint is and how to continue
+        console.print(str(err), highlight=False, markup=False)
+        raise typer.Exit(130) from None
+    if result.after:
+        _print_before_after(result.before, result.after, title)
+    if result.summary.get("sweep"):
+        from incentivize.inference.selection import sweep_markdown
+
+        console.print(sweep_markdown(result.summary["sweep"]), highlight=False, markup=False)
+    final = result.run_dir / "final" if (result.run_dir / "final").exists() else result.run_dir
+    console.print(f"{result.seconds / 60:.1f} min; {made} in {final}", highlight=False)
 
 
 def _load_verifiers(specs: list[SelectSpec]) -> tuple[dict[str, Any], list[Any]]:
@@ -256,48 +279,45 @@ def _load_verifiers(specs: list[SelectSpec]) -> tuple[dict[str, Any], list[Any]]
     return {names[path]: verifier for path, verifier in loaded.items()}, selectors
 
 
-def _run_in_stages(run: Callable[..., Any], settings: Any) -> Any:
-    """`run(settings, on_event=..., on_progress=...)` with its milestones printed and one progress bar
-    per stage (`on_progress(stage, done, total)`)."""
+def _run_in_stages(run: Callable[..., Any], settings: Any, *, resume: bool = False) -> Any:
+    """`run(settings, on_event=..., on_progress=..., resume=...)` with its milestones printed and one progress
+    bar per stage (`on_progress(stage, done, total, status="")`)."""
     _quiet_transformers()
     bars: dict[str, ProgressReporter] = {}
-    names = {"sample": "sampling", "train": "training", "sft": "fine-tuning"}
+    names = {"sample": "sampling", "train": "training"}
 
-    def on_progress(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
+    def on_progress(stage: str, done: int, total: int, status: str = "") -> None:
+        bar = bars.get(stage)
+        if bar is None or done <= bar.done or bar.total != max(total, 1):  # a new stage, or the next run's
             close()
-            bars[stage] = ProgressReporter(names.get(stage, stage), total, console).__enter__()
-        bars[stage].advance(done - bars[stage].done)
+            bar = bars[stage] = ProgressReporter(names.get(stage, stage), total, console).__enter__()
+        bar.advance(done - bar.done, status)
 
     def close() -> None:
         for bar in bars.values():
             bar.__exit__()
+        bars.clear()
 
     try:
-        return run(settings, on_event=lambda text: console.print(text, highlight=False), on_progress=on_progress)
+        return run(settings, on_event=lambda text: console.print(text, highlight=False), on_progress=on_progress,
+                   resume=resume)
     finally:
         close()
 
 
-def _train_sft(config: Path | None, overrides: list[str]) -> None:
-    from incentivize.config import SFTConfig, load_settings
-    from incentivize.trainers.sft import train_sft
+def _print_before_after(before: dict[str, Any] | None, after: dict[str, Any], title: str) -> None:
+    table = Table(title=title)
+    for column in ("", "before", "after"):
+        table.add_column(column, justify="right")
+    for name, value in after.items():
+        if isinstance(value, float):
+            old = (before or {}).get(name)
+            table.add_row(name, "-" if old is None else _number(old), _number(value))
+    Console().print(table)
 
-    result = _run_in_stages(train_sft, load_settings(SFTConfig, config, overrides))
-    _print_metrics({f"{k} (before -> after)": f"{result.before[k]:.3f} -> {result.after[k]:.3f}"
-                    for k in ("greedy_accuracy", "greedy_parsed")}, "held-out")
-    console.print(f"{result.seconds / 60:.1f} min; fine-tuned model in {result.run_dir / 'final'}", highlight=False)
 
-
-def _run_verifier_recipe(config: Path | None, overrides: list[str]) -> None:
-    from incentivize.config import VerifierRecipeConfig, load_settings
-    from incentivize.inference.selection import sweep_markdown
-    from incentivize.recipes.verifier import run_verifier_recipe
-
-    result = _run_in_stages(run_verifier_recipe, load_settings(VerifierRecipeConfig, config, overrides))
-    if result.sweep is not None:
-        console.print(sweep_markdown(result.sweep), highlight=False, markup=False)
-    console.print(f"{result.seconds / 60:.1f} min; results in {result.run_dir}", highlight=False)
+def _number(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _settings(cls: Any, **values: Any) -> Any:

@@ -11,21 +11,51 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from incentivize.errors import IncentivizeError, describe
+from incentivize.trackers import ReportToList
 
 Settings = TypeVar("Settings", bound=BaseModel)
 Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
 
 
-class RLConfig(BaseModel):
-    """Everything a run needs. Units: lengths in tokens, steps in optimizer steps of one rollout batch."""
+class LifecycleSettings(BaseModel):
+    """The keys every run shares, read by the run lifecycle (`trainers/run.py`): where the run goes, its
+    seed, checkpoints, evaluation, failure limits and trackers."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    # Keys that may change between the start of a run and its resumption (edited in its config.yaml).
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({
+        "output_dir", "max_steps", "eval_steps", "eval_limit", "eval_before", "save_steps", "save_total_limit",
+        "report_to",
+    })
+
+    output_dir: str | None = None
+    seed: int = 0
+    eval_steps: int = Field(default=0, ge=0, description="held-out evaluation every N steps (0: only before and after)")
+    eval_before: bool = True
+    save_steps: int = Field(default=0, ge=0, description="checkpoint every N steps (0: only the final model)")
+    save_total_limit: int = Field(default=2, ge=1, description="complete checkpoints kept (the newest)")
+    max_nonfinite_steps: int = Field(
+        default=3, ge=1, description="stop after this many steps in a row with a NaN or infinite loss or gradient"
+    )
+    max_zero_signal_steps: int = Field(
+        default=10, ge=0,
+        description="stop after this many steps in a row with nothing to learn, e.g. no group's rewards differ (0: never)",
+    )
+    report_to: ReportToList = Field(
+        default=["tensorboard"],
+        description="trackers that receive every metric: tensorboard, wandb, mlflow, trackio, or none",
+    )
+
+
+class RLConfig(LifecycleSettings):
+    """Everything an RL run needs. Units: lengths in tokens, steps in optimizer steps of one rollout batch."""
 
     # what to train, on what
     algorithm: Algorithm = "grpo"
@@ -39,8 +69,6 @@ class RLConfig(BaseModel):
     on_reward_error: Literal["skip", "raise"] = Field(
         default="skip", description="a reward function that fails or times out on a sample: skip (no reward) or raise"
     )
-    output_dir: str | None = None
-    seed: int = 0
 
     # sampling
     num_generations: int = Field(default=8, ge=1, description="completions per prompt (the group size G)")
@@ -100,15 +128,7 @@ class RLConfig(BaseModel):
     lora_target_modules: list[str] | str = "all-linear"
 
     # evaluation, logging, checkpoints
-    eval_steps: int = Field(default=0, ge=0, description="held-out evaluation every N steps (0: only before and after)")
     eval_limit: int = Field(default=100, ge=1, description="held-out problems per evaluation")
-    eval_before: bool = True
-    save_steps: int = Field(default=0, ge=0, description="checkpoint every N steps (0: only the final model)")
-    save_total_limit: int = Field(default=2, ge=1, description="complete checkpoints kept (the newest)")
-    max_nonfinite_steps: int = Field(
-        default=3, ge=1, description="stop after this many steps in a row with a NaN or infinite loss or gradient"
-    )
-
     @model_validator(mode="after")
     def _consistent(self) -> RLConfig:
         if self.generation_batch_size % self.num_generations:
@@ -228,14 +248,22 @@ def load_settings(schema: type[Settings], path: str | Path | None = None, overri
     return _validate(values, f"config ({sources})", origins, schema)  # type: ignore[no-any-return]
 
 
-def load_run_config(run_dir: str | Path) -> RLConfig:
-    """The resolved config a run directory was started with (its `config.yaml`), pointed at that directory."""
+def load_run_config(run_dir: str | Path) -> LifecycleSettings:
+    """The resolved config a run directory was started with (its `config.yaml`), pointed at that directory:
+    an `RLConfig`, `RewardModelConfig` (it has `kind`), `SFTConfig` or `VerifierRecipeConfig` (by `algorithm`)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise IncentivizeError(f"{run_dir} is not a run directory: {path} does not exist")
     values = _read_yaml(path)
     values["output_dir"] = str(run_dir)
-    return _validate(values, str(path), dict.fromkeys(map(str, values), path))
+    schema: type[LifecycleSettings] = RLConfig
+    if "kind" in values:
+        schema = RewardModelConfig
+    elif values.get("algorithm") == "sft":
+        schema = SFTConfig
+    elif values.get("algorithm") == "verifier":
+        schema = VerifierRecipeConfig
+    return _validate(values, str(path), dict.fromkeys(map(str, values), path), schema)  # type: ignore[no-any-return]
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -347,16 +375,12 @@ def _unknown(kind: str, name: str, choices: Any) -> str:
     return f"unknown {kind} {name!r}{hint}"
 
 
-class RunSettings(BaseModel):
-    """The keys every supervised command shares: the model it starts from, the task, where the run goes."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class RunSettings(LifecycleSettings):
+    """The keys every supervised command shares: the model it starts from and the task."""
 
     model: str = Field(default="smollm2-135m", description="the LM to start from (directory, .gguf or built-in name)")
     task: str = "arithmetic"
     task_options: dict[str, Any] = Field(default_factory=dict)
-    output_dir: str | None = None
-    seed: int = 0
 
 
 class SupervisedSettings(RunSettings):
@@ -375,6 +399,8 @@ class RewardModelConfig(SupervisedSettings):
     solutions (orm, prm on a task that labels steps), PRM800K-style step labels (prm with `data`) or
     preference pairs (rm, `data` required). Defaults follow Cobbe et al. (T 0.7, lr 1e-5, 1 epoch,
     token-level targets) scaled down to a CPU."""
+
+    RESUMABLE = SupervisedSettings.RESUMABLE | {"epochs"}
 
     kind: Literal["orm", "prm", "rm"] = "orm"
     generator: str | None = Field(default=None, description="LM that samples the training solutions; default `model`")
@@ -403,6 +429,9 @@ class SFTConfig(SupervisedSettings):
     """`incentivize train sft`: supervised fine-tuning on a task's reference solutions (the prompt is
     not a target). Cobbe et al. train the verifier's generator this way for 2 epochs."""
 
+    RESUMABLE = SupervisedSettings.RESUMABLE | {"epochs"}
+
+    algorithm: Literal["sft"] = "sft"
     num_examples: int | None = Field(default=1024, ge=1, description="training problems used (None: all)")
     epochs: int = Field(default=2, ge=1)
     eval_limit: int = Field(default=100, ge=1, description="held-out problems for greedy accuracy before and after")
@@ -412,8 +441,10 @@ class VerifierRecipeConfig(RunSettings):
     """`incentivize train verifier`: Cobbe et al.'s recipe end to end on a task with reference
     solutions: SFT the generator, sample solutions per training problem and train an outcome
     verifier on them (initialised from the generator, jointly with the LM loss), then sample
-    `eval_samples` per held-out problem and rerank. Defaults are the paper's scaled to a CPU."""
+    `eval_samples` per held-out problem and rerank. Defaults are the paper's scaled to a CPU. Each stage
+    is a run of its own in a subdirectory; `save_steps` is theirs."""
 
+    algorithm: Literal["verifier"] = "verifier"
     sft_epochs: int = Field(default=2, ge=0, description="generator fine-tuning epochs (0: use the model as is)")
     sft_examples: int = Field(default=512, ge=1)
     sft_learning_rate: float = Field(default=1e-5, gt=0.0)

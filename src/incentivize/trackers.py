@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import html
+import importlib
 import json
 import math
 import numbers
@@ -227,6 +228,23 @@ def open_trackers(report_to: str | Sequence[str] | None, run_dir: Path, config: 
     return trackers
 
 
+def require_packages(report_to: str | Sequence[str] | None) -> None:
+    """Import the package of every optional backend in `report_to` now, so that a missing one is said before
+    a run loads anything or writes its directory."""
+    for name in report_to_names(report_to):
+        if name != "tensorboard":
+            try:
+                importlib.import_module(name)
+            except ImportError as err:
+                raise _import_error(name, err) from None
+
+
+def _import_error(name: str, err: ImportError) -> IncentivizeError:
+    if err.name not in (name, None) and not str(err.name).startswith(f"{name}."):
+        return IncentivizeError(f"report_to: {name} could not be imported: {describe(err)}")
+    return IncentivizeError(f"report_to: {name} needs the {name} package: pip install {name} (or drop it from report_to)")
+
+
 def _open(name: str, run_dir: Path, config: dict[str, Any], run_name: str, resume_step: int | None,
           ids: dict[str, str]) -> Tracker:
     try:
@@ -243,10 +261,7 @@ def _open(name: str, run_dir: Path, config: dict[str, Any], run_name: str, resum
             return tracker
         return TrackioTracker(config, run_name, resume_step is not None)
     except ImportError as err:
-        if err.name not in (name, None) and not str(err.name).startswith(f"{name}."):
-            raise IncentivizeError(f"report_to: {name} could not be imported: {describe(err)}") from None
-        raise IncentivizeError(f"report_to: {name} needs the {name} package: pip install {name} "
-                               f"(or drop it from report_to)") from None
+        raise _import_error(name, err) from None
     except IncentivizeError:
         raise
     except Exception as err:

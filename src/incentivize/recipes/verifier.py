@@ -9,78 +9,134 @@
 4. sample `eval_samples` completions per held-out problem and pick one by the verifier, against a
    single sample and a majority vote, with the accuracy-against-N sweep.
 
-Stages write into `output_dir`: `generator/`, `verifier/`, `eval/` (results.json, sweep.json,
-sweep.svg, samples.jsonl) and `summary.json`.
+Each stage is a step of the recipe's run; the first two are runs of their own in `output_dir`
+(`generator/`, `verifier/`), the last writes `eval/` (results.json, sweep.json, sweep.svg,
+samples.jsonl); then `summary.json`. `--resume` skips the finished stages and resumes an interrupted
+one from its newest checkpoint (its `save_steps` is the recipe's), or starts it again when it has none.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from incentivize.config import RewardModelConfig, SFTConfig, VerifierRecipeConfig
-from incentivize.errors import IncentivizeError
+from incentivize.checkpoint import latest_checkpoint
+from incentivize.config import LifecycleSettings, RewardModelConfig, SFTConfig, VerifierRecipeConfig
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.inference.selection import Selector
 from incentivize.models import load
 from incentivize.rewards.reward_model import load_verifier
 from incentivize.tasks import load_task
+from incentivize.trainers.interrupt import TrainingInterrupted
 from incentivize.trainers.reward_model import train_reward_model
+from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer, run
 from incentivize.trainers.sft import train_sft
 
 
-@dataclass
-class VerifierRecipeResult:
-    run_dir: Path
-    metrics: dict[str, Any]
-    sweep: dict[str, dict[int, float]] | None
-    seconds: float
-
-
 def run_verifier_recipe(config: VerifierRecipeConfig, *, on_event: Callable[[str], None] | None = None,
-                        on_progress: Callable[[str, int, int], None] | None = None) -> VerifierRecipeResult:
-    say = on_event or (lambda text: None)
-    progress = on_progress or (lambda stage, done, total: None)
-    started = time.perf_counter()
-    run_dir = Path(config.output_dir) if config.output_dir else Path("runs") / f"verifier-{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (run_dir / "summary.json").exists():
-        raise IncentivizeError(f"{run_dir} already holds a finished recipe; choose another --output-dir")
-    task = load_task(config.task, **config.task_options)  # fails early on a bad task
-    generator = config.model
-    if config.sft_epochs > 0:
-        say(f"stage 1/3: fine-tuning {config.model} on reference solutions for {config.sft_epochs} epochs")
-        sft = train_sft(
-            SFTConfig(model=config.model, task=config.task, task_options=config.task_options, seed=config.seed,
-                      num_examples=config.sft_examples, epochs=config.sft_epochs, learning_rate=config.sft_learning_rate,
-                      eval_limit=config.eval_limit, output_dir=str(run_dir / "generator")),
-            on_event=say, on_progress=progress,
-        )
-        generator = str(sft.run_dir / "final")
-        say(f"generator greedy accuracy {sft.before['greedy_accuracy']:.3f} -> {sft.after['greedy_accuracy']:.3f}")
-    say(f"stage 2/3: verifier from {config.samples_per_problem} samples x {config.num_problems} problems")
-    verifier_run = train_reward_model(
-        RewardModelConfig(kind="orm", model=generator, task=config.task, task_options=config.task_options,
-                          seed=config.seed, num_problems=config.num_problems, samples_per_problem=config.samples_per_problem,
-                          temperature=config.temperature, max_completion_length=config.max_completion_length,
-                          epochs=config.verifier_epochs, learning_rate=config.verifier_learning_rate,
-                          lm_loss_weight=config.lm_loss_weight, target=config.target, output_dir=str(run_dir / "verifier")),
-        on_event=say, on_progress=progress,
-    )
-    say(f"stage 3/3: {config.eval_samples} samples on each of {config.eval_limit} held-out problems, reranked")
-    model, tokenizer = load(generator)
-    verifiers = {"orm": load_verifier(verifier_run.run_dir / "final")}
-    selectors = [Selector("best", "orm"), Selector("weighted", "orm"), Selector("top", "orm", k=3)]
-    settings = EvalSettings(samples=config.eval_samples, temperature=config.temperature,
-                            max_new_tokens=config.max_completion_length, seed=config.seed)
-    examples = task.examples("test", config.eval_limit)
-    report = evaluate(model, tokenizer, task, examples, settings, verifiers=verifiers, selectors=selectors)
-    report.write(run_dir / "eval", {"generator": generator, "verifier": str(verifier_run.run_dir / "final"),
-                                    **settings.model_dump()})
-    seconds = time.perf_counter() - started
-    summary = {"metrics": report.metrics, "verifier_validation": verifier_run.metrics, "seconds": seconds}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return VerifierRecipeResult(run_dir, report.metrics, report.sweep, seconds)
+                        on_progress: Callable[..., None] | None = None, resume: bool = False) -> RunResult:
+    """Cobbe et al.'s recipe end to end; `result.summary` holds the reranked held-out metrics and the sweep."""
+    return run(VerifierRecipe(config), config, name=f"verifier-{config.task}", resume=resume, on_event=on_event,
+               on_progress=on_progress)
+
+
+class VerifierRecipe(Trainer):
+    """Three steps, one per stage: fine-tune the generator, train the verifier, rerank held-out samples."""
+
+    def __init__(self, config: VerifierRecipeConfig) -> None:
+        self.config = config
+        self.state: dict[str, Any] = {"generator": config.model, "verifier": None, "verifier_validation": None,
+                                      "metrics": None, "sweep": None}
+
+    def setup(self, context: RunContext) -> None:
+        self.context = context
+        self.task = load_task(self.config.task, **self.config.task_options)  # fails early on a bad task
+        self.stages = [self._fine_tune, self._train_verifier, self._rerank]
+        if self.config.sft_epochs == 0:
+            self.stages = self.stages[1:]
+        self.total_steps = len(self.stages)
+
+    def step(self, step: int) -> StepOutput:
+        return StepOutput(self.stages[step - 1](), nonfinite=None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recipe": dict(self.state)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = dict(state["recipe"])
+
+    def summary(self) -> dict[str, Any]:
+        return {"metrics": self.state["metrics"], "verifier_validation": self.state["verifier_validation"],
+                "sweep": self.state["sweep"]}
+
+    def _fine_tune(self) -> dict[str, Any]:
+        config = self.config
+        self.context.say(f"stage 1/3: fine-tuning {config.model} on reference solutions for {config.sft_epochs} epochs")
+        sft = self._stage("generator", train_sft, SFTConfig(
+            model=config.model, task=config.task, task_options=config.task_options, num_examples=config.sft_examples,
+            epochs=config.sft_epochs, learning_rate=config.sft_learning_rate, eval_limit=config.eval_limit,
+            **_shared(config, self.context.run_dir / "generator"),
+        ))
+        self.state["generator"] = str(sft.run_dir / "final")
+        before, after = (sft.before or {}).get("greedy_accuracy"), (sft.after or {}).get("greedy_accuracy")
+        self.context.say(f"generator greedy accuracy {before} -> {after}")
+        return {"generator/greedy_accuracy_before": before, "generator/greedy_accuracy_after": after}
+
+    def _train_verifier(self) -> dict[str, Any]:
+        config = self.config
+        self.context.say(f"stage 2/3: verifier from {config.samples_per_problem} samples x {config.num_problems} problems")
+        verifier = self._stage("verifier", train_reward_model, RewardModelConfig(
+            kind="orm", model=self.state["generator"], task=config.task, task_options=config.task_options,
+            num_problems=config.num_problems, samples_per_problem=config.samples_per_problem,
+            temperature=config.temperature, max_completion_length=config.max_completion_length,
+            epochs=config.verifier_epochs, learning_rate=config.verifier_learning_rate,
+            lm_loss_weight=config.lm_loss_weight, target=config.target,
+            **_shared(config, self.context.run_dir / "verifier"),
+        ))
+        self.state["verifier"] = str(verifier.run_dir / "final")
+        self.state["verifier_validation"] = verifier.after
+        return {f"verifier/{k}": v for k, v in (verifier.after or {}).items() if isinstance(v, float)}
+
+    def _rerank(self) -> dict[str, Any]:
+        config = self.config
+        self.context.say(f"stage 3/3: {config.eval_samples} samples on each of {config.eval_limit} held-out problems, "
+                         "reranked")
+        model, tokenizer = load(self.state["generator"])
+        selectors = [Selector("best", "orm"), Selector("weighted", "orm"), Selector("top", "orm", k=3)]
+        settings = EvalSettings(samples=config.eval_samples, temperature=config.temperature,
+                                max_new_tokens=config.max_completion_length, seed=config.seed)
+        examples = self.task.examples("test", config.eval_limit)
+        report = evaluate(model, tokenizer, self.task, examples, settings,
+                          verifiers={"orm": load_verifier(self.state["verifier"])}, selectors=selectors)
+        report.write(self.context.run_dir / "eval", {"generator": self.state["generator"],
+                                                     "verifier": self.state["verifier"], **settings.model_dump()})
+        self.state["metrics"], self.state["sweep"] = report.metrics, report.sweep
+        return {k: v for k, v in report.metrics.items() if isinstance(v, float)}
+
+    def _stage(self, name: str, train: Callable[..., RunResult], settings: LifecycleSettings) -> RunResult:
+        """Run one stage in its own directory: continue it from its newest checkpoint if it was interrupted,
+        start it again if it left none."""
+        directory = self.context.run_dir / name
+        if (directory / "summary.json").exists():  # finished before the recipe was interrupted
+            summary = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
+            return RunResult(directory, summary.get("before"), summary.get("after"), summary.get("seconds", 0.0), summary)
+        resume = latest_checkpoint(directory / "checkpoints") is not None
+        if directory.exists() and not resume:
+            self.context.say(f"{directory} was interrupted before its first checkpoint; starting it again")
+            shutil.rmtree(directory)
+        try:
+            return train(settings, on_event=self.context.say, on_progress=self.context.progress, resume=resume)
+        except TrainingInterrupted as stop:
+            raise TrainingInterrupted(
+                f"interrupted in the {name} stage after its step {stop.step}; checkpoint {stop.checkpoint}; continue "
+                f"with: incentivize train --resume {self.context.run_dir}", stop.step, stop.checkpoint,
+            ) from None
+
+
+def _shared(config: VerifierRecipeConfig, output_dir: Path) -> dict[str, Any]:
+    """The lifecycle keys a stage takes from the recipe."""
+    return {"seed": config.seed, "save_steps": config.save_steps, "save_total_limit": config.save_total_limit,
+            "report_to": config.report_to, "output_dir": str(output_dir)}

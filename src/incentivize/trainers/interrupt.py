@@ -5,12 +5,17 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped at a step boundary after Ctrl-C; the message says where the checkpoint is."""
+
+    def __init__(self, message: str, step: int = 0, checkpoint: Path | None = None) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
 
 
 class StopRequest:

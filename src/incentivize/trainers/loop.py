@@ -1,68 +1,78 @@
-"""What the supervised trainers (SFT, reward models) share: a fresh run directory, epochs of shuffled
-batches logged to `metrics.jsonl`, and one optimizer update with gradient clipping."""
+"""What the supervised trainers (SFT, reward models) share: epochs of seeded shuffled batches, one clipped
+optimizer update per batch, and the optimizer as their resumable state. The run lifecycle around it is
+`trainers/run.py`."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-import yaml
-from pydantic import BaseModel
 
-from incentivize.errors import IncentivizeError
-
-Item = TypeVar("Item")
+from incentivize.config import SupervisedSettings
+from incentivize.trainers.run import StepOutput, Trainer
 
 
-def new_run_dir(output_dir: str | None, default_name: str) -> Path:
-    """`output_dir`, or `runs/<default_name>-<time>`; a directory that already holds a run is refused."""
-    run_dir = Path(output_dir) if output_dir else Path("runs") / f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise IncentivizeError(f"output_dir {run_dir} is a file; choose another --output-dir")
-    for name in ("final", "metrics.jsonl"):
-        if (run_dir / name).exists():
-            raise IncentivizeError(f"{run_dir} already holds a run ({name}); choose another --output-dir so nothing is overwritten")
-    return run_dir
-
-
-def create_run_dir(run_dir: Path, config: BaseModel) -> None:
-    """Create `run_dir` with the resolved `config.yaml` (once the inputs have loaded)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False), encoding="utf-8")
-
-
-def train_epochs(items: Sequence[Item], *, epochs: int, batch_size: int, seed: int,
-                 update: Callable[[list[Item]], dict[str, float]], metrics_path: Path,
-                 on_step: Callable[[int, int], None] | None = None) -> int:
-    """`epochs` passes over `items` in seeded shuffled order, `update(batch)` per batch of `batch_size`;
-    each batch's stats go to `metrics_path` as one JSON line. Returns the number of updates."""
-    total = math.ceil(len(items) / batch_size) * epochs
-    order_rng, step = random.Random(seed), 0
-    with metrics_path.open("w", encoding="utf-8") as metrics_file:
-        for epoch in range(epochs):
-            order = list(range(len(items)))
-            order_rng.shuffle(order)
-            for start in range(0, len(order), batch_size):
-                stats = update([items[i] for i in order[start : start + batch_size]])
-                step += 1
-                metrics_file.write(json.dumps({"step": step, "epoch": epoch + 1, **stats}) + "\n")
-                metrics_file.flush()
-                if on_step is not None:
-                    on_step(step, total)
-    return step
-
-
-def apply_gradients(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
-    """Clip the accumulated gradients, step unless their norm is NaN or infinite, free them; the norm."""
-    params: list[Any] = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    if math.isfinite(grad_norm):
+def clipped_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], max_grad_norm: float,
+                 loss: float = 0.0) -> tuple[float, bool]:
+    """Clip the accumulated gradients of `params` to `max_grad_norm` and step, unless the gradient norm or
+    `loss` is NaN or infinite (then the weights stay as they were). Returns (the norm, whether it stepped)."""
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params), max_grad_norm))
+    applied = math.isfinite(grad_norm) and math.isfinite(loss)
+    if applied:
         optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+    return grad_norm, applied
+
+
+def epoch_batch(size: int, batch_size: int, seed: int, step: int) -> tuple[int, list[int]]:
+    """The epoch (1-based) and item indices of optimizer step `step` (1-based): every epoch is a fresh
+    permutation drawn from `seed`, cut into batches of `batch_size` (the last one may be smaller). A
+    function of the step alone, so a resumed run sees the batches an uninterrupted one would.
+
+    >>> [epoch_batch(5, 2, 0, step)[0] for step in range(1, 7)]
+    [1, 1, 1, 2, 2, 2]
+    >>> sorted(i for step in (1, 2, 3) for i in epoch_batch(5, 2, 0, step)[1])
+    [0, 1, 2, 3, 4]
+    """
+    per_epoch = math.ceil(size / batch_size)
+    epoch, index = divmod(step - 1, per_epoch)
+    order = list(range(size))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return epoch + 1, order[index * batch_size : (index + 1) * batch_size]
+
+
+class SupervisedTrainer(Trainer):
+    """A trainer that makes one optimizer update per batch of `items` for `config.epochs` epochs.
+    Subclasses load `model`, `items` and the parameters in `setup`, then call `make_optimizer`, and
+    implement `losses(batch)`: backpropagate the batch and return its stats."""
+
+    config: SupervisedSettings
+    items: Sequence[Any]
+    epochs: int
+
+    def make_optimizer(self, params: Sequence[torch.Tensor]) -> None:
+        self.params = list(params)
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.config.learning_rate,
+                                           weight_decay=self.config.weight_decay)
+        self.total_steps = math.ceil(len(self.items) / self.config.batch_size) * self.epochs
+
+    def losses(self, batch: list[Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def step(self, step: int) -> StepOutput:
+        epoch, indices = epoch_batch(len(self.items), self.config.batch_size, self.config.seed, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = self.losses([self.items[i] for i in indices])
+        grad_norm, applied = clipped_step(self.optimizer, self.params, self.config.max_grad_norm,
+                                          sum(v for k, v in stats.items() if k.endswith("loss")))
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        return StepOutput({"epoch": epoch, **stats, "grad_norm": grad_norm, "lr": lr}, nonfinite=not applied)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

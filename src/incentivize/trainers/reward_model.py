@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,8 @@ from incentivize.rollout import SamplingParams
 from incentivize.tasks import load_task, render_prompt
 from incentivize.tasks.data import read_jsonl
 from incentivize.tasks.reward_data import load_pairs, load_step_solutions
-from incentivize.trainers.loop import apply_gradients, create_run_dir, new_run_dir, train_epochs
+from incentivize.trainers.loop import SupervisedTrainer
+from incentivize.trainers.run import RunContext, RunResult, run
 
 
 @dataclass
@@ -56,61 +55,82 @@ class Solution:
     steps: list[int]
 
 
-@dataclass
-class RewardModelResult:
-    run_dir: Path
-    metrics: dict[str, Any]
-    seconds: float
-
-
 def train_reward_model(config: RewardModelConfig, *, on_event: Callable[[str], None] | None = None,
-                       on_progress: Callable[[str, int, int], None] | None = None) -> RewardModelResult:
-    """Collect the data, train, validate and save `config`'s reward model under `output_dir/final`.
+                       on_progress: Callable[..., None] | None = None, resume: bool = False) -> RunResult:
+    """Collect the data, train, validate and save `config`'s reward model under `output_dir/final`; the
+    validation metrics before and after training are the run's `before` and `after`.
 
     `on_event(text)` gets milestones; `on_progress(stage, done, total)` gets sampling and training
-    progress."""
-    say = on_event or (lambda text: None)
-    progress = on_progress or (lambda stage, done, total: None)
-    started = time.perf_counter()
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    run_dir = new_run_dir(config.output_dir, config.kind)
-    lm, tokenizer = load(config.model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    items = _collect(config, lm, tokenizer, say, progress)
-    train_items, valid_items = _split(items, config.validation_share)
-    if not train_items:
-        raise IncentivizeError("no training data left after the validation split; lower validation_share")
-    say(f"{len(train_items)} training and {len(valid_items)} validation {'pairs' if config.kind == 'rm' else 'solutions'}")
-    _describe_labels(config, train_items, say)
+    progress; `resume` continues `output_dir` from its newest checkpoint, on the solutions it sampled."""
+    return run(RewardModelTrainer(config), config, name=config.kind, resume=resume, on_event=on_event,
+               on_progress=on_progress)
 
-    model = score_head_model(lm, config.kind)
-    lm_head = _lm_head(lm, model) if config.lm_loss_weight > 0 else None
-    del lm
-    create_run_dir(run_dir, config)
-    if config.kind != "rm":
-        write_solutions(run_dir / "solutions.jsonl", items)
-    params = list(model.parameters())
-    if lm_head is not None and not any(lm_head is p for p in params):
-        params.append(lm_head)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    model.train()
-    step = train_epochs(train_items, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                        update=lambda batch: _update(config, model, lm_head, tokenizer, batch, optimizer),
-                        metrics_path=run_dir / "metrics.jsonl", on_step=lambda done, total: progress("train", done, total))
-    model.eval()
-    meta = {"kind": config.kind, "aggregation": config.aggregation, "neutral": config.neutral,
-            "target": config.target, "max_length": config.max_length, "base_model": config.model}
-    verifier = Verifier(model, tokenizer, meta, str(run_dir / "final"))
-    metrics = _validate(config, verifier, valid_items) if valid_items else {}
-    say("saving " + str(run_dir / "final"))
-    save_verifier(run_dir / "final", model, tokenizer, meta)
-    seconds = time.perf_counter() - started
-    summary = {"validation": metrics, "train_items": len(train_items), "validation_items": len(valid_items),
-               "steps": step, "seconds": seconds}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return RewardModelResult(run_dir, metrics, seconds)
+
+class RewardModelTrainer(SupervisedTrainer):
+    config: RewardModelConfig
+
+    def __init__(self, config: RewardModelConfig) -> None:
+        self.config = config
+        self.epochs = config.epochs
+
+    def setup(self, context: RunContext) -> None:
+        config, say = self.config, context.say
+        lm, self.tokenizer = load(config.model)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        sampled = context.run_dir / "solutions.jsonl"
+        if context.resuming and config.kind != "rm" and config.data is None and sampled.exists():
+            say(f"reading the solutions sampled before the interruption from {sampled}")
+            self.solutions = _solutions_from_rows(str(sampled), read_jsonl(str(sampled)))
+        else:
+            self.solutions = _collect(config, lm, self.tokenizer, say, context.progress)
+        self.items, self.validation = _split(self.solutions, config.validation_share)
+        if not self.items:
+            raise IncentivizeError("no training data left after the validation split; lower validation_share")
+        say(f"{len(self.items)} training and {len(self.validation)} validation "
+            f"{'pairs' if config.kind == 'rm' else 'solutions'}")
+        _describe_labels(config, self.items, say)
+        self.model = score_head_model(lm, config.kind)
+        self.lm_head = _lm_head(lm, self.model) if config.lm_loss_weight > 0 else None
+        params = list(self.model.parameters())
+        if self.lm_head is not None and not any(self.lm_head is p for p in params):
+            params.append(self.lm_head)
+        self.make_optimizer(params)
+        self.meta = {"kind": config.kind, "aggregation": config.aggregation, "neutral": config.neutral,
+                     "target": config.target, "max_length": config.max_length, "base_model": config.model}
+
+    def start(self, run_dir: Path) -> None:
+        if self.config.kind != "rm":
+            write_solutions(run_dir / "solutions.jsonl", self.solutions)
+
+    def losses(self, batch: list[Any]) -> dict[str, float]:
+        self.model.train()
+        return backward_batch(self.config, self.model, self.lm_head, self.tokenizer, batch)
+
+    def evaluate(self, label: str, directory: Path) -> dict[str, Any] | None:
+        if not self.validation:
+            return None
+        self.model.eval()
+        return _validate(self.config, Verifier(self.model, self.tokenizer, self.meta, str(directory)), self.validation)
+
+    def state_dict(self) -> dict[str, Any]:
+        untied = self.lm_head is not None and not any(self.lm_head is p for p in self.model.parameters())
+        return super().state_dict() | ({"lm_head": self.lm_head.detach()} if untied and self.lm_head is not None else {})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "lm_head" in state and self.lm_head is not None:
+            with torch.no_grad():
+                self.lm_head.copy_(state["lm_head"])
+
+    def checkpoint_model(self) -> tuple[Any, Any]:
+        return self.model, self.tokenizer
+
+    def save_final(self, directory: Path) -> None:
+        save_verifier(directory, self.model, self.tokenizer, self.meta)
+
+    def summary(self) -> dict[str, Any]:
+        return {"train_items": len(self.items), "validation_items": len(self.validation)}
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -229,9 +249,10 @@ def _lm_head(lm: Any, model: Any) -> torch.Tensor:
     return torch.nn.Parameter(lm.get_output_embeddings().weight.detach().clone())
 
 
-def _update(config: RewardModelConfig, model: Any, lm_head: torch.Tensor | None, tokenizer: Any, batch: list[Any],
-            optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    optimizer.zero_grad(set_to_none=True)
+def backward_batch(config: RewardModelConfig, model: Any, lm_head: torch.Tensor | None, tokenizer: Any,
+                   batch: list[Any]) -> dict[str, float]:
+    """Backpropagate the batch's losses (the reward model's, and the weighted LM loss), `micro_batch_size`
+    items at a time; each loss averaged over the batch."""
     totals: dict[str, float] = {}
     for start in range(0, len(batch), config.micro_batch_size):
         micro = batch[start : start + config.micro_batch_size]
@@ -240,7 +261,7 @@ def _update(config: RewardModelConfig, model: Any, lm_head: torch.Tensor | None,
         (loss * len(micro) / len(batch)).backward()
         for name, (_, value) in losses.items():
             totals[name] = totals.get(name, 0.0) + float(value.detach()) * len(micro) / len(batch)
-    return {**totals, "grad_norm": apply_gradients(optimizer, config.max_grad_norm)}
+    return totals
 
 
 def _losses(config: RewardModelConfig, model: Any, lm_head: torch.Tensor | None, tokenizer: Any,

@@ -25,6 +25,7 @@ class Scores:
     errors: list[str] = field(default_factory=list)  # one text per sample a user reward failed on
     timeouts: int = 0  # of those, the samples whose reward call ran out of time
     step_rewards: list[list[float]] | None = None  # per completion, a PRM's P(correct) of each step (process supervision)
+    extracted: list[str | None] | None = None  # per completion, the answer the task's verifier read (None: none)
 
 
 def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
@@ -78,7 +79,8 @@ class Scorer:
         verdicts = [self.task.verify(e, c) for e, c in zip(examples, completions)]
         correct = torch.tensor([v.correct for v in verdicts], dtype=torch.bool)
         total = self.weights[0] * correct.float()
-        scores = Scores(total, correct, {"correctness": correct.float().tolist()})
+        scores = Scores(total, correct, {"correctness": correct.float().tolist()},
+                        extracted=[v.extracted for v in verdicts])
         if self.format_weight:
             formats = format_reward(list(prompts), list(completions))
             scores.components["format"] = list(formats)

@@ -4,11 +4,7 @@ is context, not a target. Held-out greedy accuracy is measured before and after.
 
 from __future__ import annotations
 
-import json
-import random
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,50 +18,56 @@ from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.models import load
 from incentivize.rewards.reward_model import Encoded, pad
 from incentivize.tasks import Example, load_task, render_prompt
-from incentivize.trainers.loop import apply_gradients, create_run_dir, new_run_dir, train_epochs
-
-
-@dataclass
-class SFTResult:
-    run_dir: Path
-    before: dict[str, Any]
-    after: dict[str, Any]
-    seconds: float
+from incentivize.trainers.loop import SupervisedTrainer
+from incentivize.trainers.run import RunContext, RunResult, run
 
 
 def train_sft(config: SFTConfig, *, on_event: Callable[[str], None] | None = None,
-              on_progress: Callable[[str, int, int], None] | None = None) -> SFTResult:
+              on_progress: Callable[..., None] | None = None, resume: bool = False) -> RunResult:
     """Fine-tune `config.model` on the reference solutions of `config.task`; the model goes to `output_dir/final`.
-    `on_progress("sft", done, total)` counts optimizer steps."""
-    say = on_event or (lambda text: None)
-    started = time.perf_counter()
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    run_dir = new_run_dir(config.output_dir, f"sft-{config.task}")
-    task = load_task(config.task, **config.task_options)
-    examples = [e for e in task.examples("train", config.num_examples) if e.solution]
-    if not examples:
-        raise IncentivizeError(f"task {config.task!r} has no reference solutions to fine-tune on")
-    model, tokenizer = load(config.model)
-    sequences = [_tokenize(tokenizer, task.messages(e), e, config.max_length) for e in examples]
-    held_out = task.examples("test", config.eval_limit)
-    settings = EvalSettings(samples=0, max_new_tokens=task.max_new_tokens, seed=config.seed)
-    say(f"{len(sequences)} solutions, {config.epochs} epochs; evaluating on {len(held_out)} held-out problems first")
-    before = evaluate(model, tokenizer, task, held_out, settings).metrics
-    create_run_dir(run_dir, config)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
-    model.train()
-    train_epochs(sequences, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                 update=lambda batch: _update(model, optimizer, batch, config, tokenizer.pad_token_id or 0),
-                 metrics_path=run_dir / "metrics.jsonl",
-                 on_step=None if on_progress is None else lambda done, total: on_progress("sft", done, total))
-    model.eval()
-    after = evaluate(model, tokenizer, task, held_out, settings).metrics
-    save_model(run_dir / "final", model, tokenizer)
-    seconds = time.perf_counter() - started
-    (run_dir / "summary.json").write_text(json.dumps({"before": before, "after": after, "seconds": seconds}, indent=2) + "\n")
-    return SFTResult(run_dir, before, after, seconds)
+    `on_progress("train", done, total)` counts optimizer steps; `resume` continues `output_dir` from its newest
+    checkpoint."""
+    return run(SFTTrainer(config), config, name=f"sft-{config.task}", resume=resume, on_event=on_event,
+               on_progress=on_progress)
+
+
+class SFTTrainer(SupervisedTrainer):
+    config: SFTConfig
+
+    def __init__(self, config: SFTConfig) -> None:
+        self.config = config
+        self.epochs = config.epochs
+
+    def setup(self, context: RunContext) -> None:
+        config, self.say = self.config, context.say
+        self.task = load_task(config.task, **config.task_options)
+        examples = [e for e in self.task.examples("train", config.num_examples) if e.solution]
+        if not examples:
+            raise IncentivizeError(f"task {config.task!r} has no reference solutions to fine-tune on")
+        self.model, self.tokenizer = load(config.model)
+        self.items = [_tokenize(self.tokenizer, self.task.messages(e), e, config.max_length) for e in examples]
+        self.held_out = self.task.examples("test", config.eval_limit)
+        self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
+        self.say(f"{len(self.items)} solutions, {config.epochs} epochs ({self.total_steps} steps); "
+                 f"{len(self.held_out)} held-out problems")
+
+    def losses(self, batch: list[Encoded]) -> dict[str, float]:
+        self.model.train()
+        return {"loss": _backward(self.model, batch, self.config.micro_batch_size, self.tokenizer.pad_token_id or 0)}
+
+    def evaluate(self, label: str, directory: Path) -> dict[str, Any]:
+        self.say(f"evaluating {label} on {len(self.held_out)} held-out problems")
+        self.model.eval()
+        settings = EvalSettings(samples=0, max_new_tokens=self.task.max_new_tokens, seed=self.config.seed)
+        report = evaluate(self.model, self.tokenizer, self.task, self.held_out, settings)
+        report.write(directory, {"model": self.config.model, "step": label, **settings.model_dump()})
+        return report.metrics
+
+    def checkpoint_model(self) -> tuple[Any, Any]:
+        return self.model, self.tokenizer
+
+    def save_final(self, directory: Path) -> None:
+        save_model(directory, self.model, self.tokenizer)
 
 
 def _tokenize(tokenizer: Any, messages: list[dict[str, str]], example: Example, max_length: int) -> Encoded:
@@ -76,12 +78,13 @@ def _tokenize(tokenizer: Any, messages: list[dict[str, str]], example: Example, 
     return Encoded(ids, min(len(prompt), len(ids)), [])
 
 
-def _update(model: Any, optimizer: torch.optim.Optimizer, batch: list[Encoded], config: SFTConfig,
-            pad_id: int) -> dict[str, float]:
+def _backward(model: Any, batch: list[Encoded], micro_batch_size: int, pad_id: int) -> float:
+    """Backpropagate the mean cross-entropy over all solution tokens of `batch`, `micro_batch_size`
+    sequences at a time; the loss."""
     targets_total = max(sum(len(e.ids) - e.completion_start for e in batch), 1)
     total = 0.0
-    for first in range(0, len(batch), config.micro_batch_size):
-        micro = batch[first : first + config.micro_batch_size]
+    for first in range(0, len(batch), micro_batch_size):
+        micro = batch[first : first + micro_batch_size]
         ids, attention = pad(micro, pad_id)
         labels = torch.full(ids.shape, -100, dtype=torch.long)
         for row, e in enumerate(micro):
@@ -91,4 +94,4 @@ def _update(model: Any, optimizer: torch.optim.Optimizer, batch: list[Encoded], 
                                ignore_index=-100, reduction="sum") / targets_total
         loss.backward()
         total += float(loss.detach())
-    return {"loss": total, "grad_norm": apply_gradients(optimizer, config.max_grad_norm)}
+    return total

@@ -1,0 +1,188 @@
+"""One RL step's data, from the rollout engine to the loss: sample groups, score them, and keep them in
+one record (`StepData`) that the learner, the metrics and the samples log all read."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from incentivize.config import RLConfig
+from incentivize.errors import IncentivizeError
+from incentivize.rewards.steps import step_end_tokens
+from incentivize.rollout import Rollouts, SamplingParams, generate
+from incentivize.tasks import Example, Task, render_prompt
+from incentivize.trainers.sampler import PromptSampler
+from incentivize.trainers.scoring import Scorer, Scores
+
+
+@dataclass
+class StepData:
+    """A step's groups: B = groups * num_generations rows, the rows of a group contiguous.
+
+    rollouts:     token ids, masks and sampling log-probs (`incentivize.rollout.Rollouts`)
+    examples:     the problem of each row
+    texts:        each row's decoded completion
+    scores:       each row's reward (NaN: none, left out of learning), verdict and reward components
+    step_scores:  (B, S) a PRM's step rewards, NaN past a row's steps (advantage grpo_process only)
+    step_ends:    (B, S) the completion-token index where each step ends
+    zero_variance_share: share of the groups first sampled this step whose rewards were all equal
+    rounds:       generation rounds it took (dynamic sampling draws again for groups without signal)
+    """
+
+    rollouts: Rollouts
+    examples: list[Example]
+    texts: list[str]
+    scores: Scores
+    step_scores: torch.Tensor | None = None
+    step_ends: torch.Tensor | None = None
+    zero_variance_share: float = 0.0
+    rounds: int = 1
+    generate_seconds: float = 0.0
+    score_seconds: float = 0.0
+
+    def select(self, rows: Sequence[int]) -> StepData:
+        """These rows, in this order (the step's totals stay as they are)."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        s = self.scores
+        scores = Scores(s.rewards[index], s.correct[index], {k: [v[r] for r in rows] for k, v in s.components.items()},
+                        s.errors, s.timeouts, [s.step_rewards[r] for r in rows] if s.step_rewards is not None else None,
+                        [s.extracted[r] for r in rows] if s.extracted is not None else None)
+        return replace(self, rollouts=self.rollouts.select(rows), examples=[self.examples[r] for r in rows],
+                       texts=[self.texts[r] for r in rows], scores=scores)
+
+    @staticmethod
+    def concat(parts: Sequence[StepData]) -> StepData:
+        """The rows of all parts; counts (errors, timeouts, seconds) summed."""
+        first = parts[0]
+        step_rewards = None
+        if first.scores.step_rewards is not None:
+            step_rewards = [steps for p in parts for steps in p.scores.step_rewards or []]
+        scores = Scores(
+            rewards=torch.cat([p.scores.rewards for p in parts]), correct=torch.cat([p.scores.correct for p in parts]),
+            components={k: [v for p in parts for v in p.scores.components[k]] for k in first.scores.components},
+            errors=[e for p in parts for e in p.scores.errors], timeouts=sum(p.scores.timeouts for p in parts),
+            step_rewards=step_rewards,
+            extracted=[a for p in parts for a in p.scores.extracted or []] if first.scores.extracted is not None else None,
+        )
+        return StepData(Rollouts.concat([p.rollouts for p in parts]), [e for p in parts for e in p.examples],
+                        [t for p in parts for t in p.texts], scores, zero_variance_share=first.zero_variance_share,
+                        rounds=len(parts), generate_seconds=sum(p.generate_seconds for p in parts),
+                        score_seconds=sum(p.score_seconds for p in parts))
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def collect(config: RLConfig, models: Any, task: Task, examples: list[Example], sampler: PromptSampler,
+            scorer: Scorer, prompt_cache: dict[int, list[int]], step: int) -> StepData:
+    """Sample and score one step's groups; with dynamic sampling, only groups whose rewards differ."""
+    tokenizer, group = models.tokenizer, config.num_generations
+    parts: list[StepData] = []
+    kept_groups, rounds, zero_share = 0, 0, 0.0
+    while kept_groups < config.prompts_per_step:
+        rounds += 1
+        if rounds > config.max_resample_rounds:
+            raise IncentivizeError(
+                f"step {step}: dynamic sampling found only {kept_groups} of {config.prompts_per_step} groups with "
+                f"differing rewards in {config.max_resample_rounds} rounds; raise max_resample_rounds, use an easier "
+                "task, or set dynamic_sampling=false"
+            )
+        indices = sampler.take(config.prompts_per_step - kept_groups)
+        for i in indices:
+            if i not in prompt_cache:
+                prompt_cache[i] = render_prompt(tokenizer, task.messages(examples[i]))
+        params = SamplingParams(
+            n=group, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+            max_new_tokens=config.max_completion_length, seed=config.seed * 1_000_003 + step * 101 + rounds,
+        )
+        started = time.perf_counter()
+        rollouts = generate(models.policy, [prompt_cache[i] for i in indices], params,
+                            eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+        generated = time.perf_counter()
+        rows = [examples[i] for i in indices for _ in range(group)]
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rollouts.completion_token_lists()]
+        prompts = [tokenizer.decode(prompt_cache[i], skip_special_tokens=False) for i in indices for _ in range(group)]
+        scores = scorer(rows, prompts, texts, rollouts.completion_lengths)
+        data = StepData(rollouts, rows, texts, scores, generate_seconds=generated - started,
+                        score_seconds=time.perf_counter() - generated)
+        varied = varies(scores.rewards.view(-1, group))  # (groups,)
+        if rounds == 1:
+            zero_share = 1.0 - float(varied.float().mean())
+        keep = varied if config.dynamic_sampling and group > 1 else torch.ones_like(varied)
+        rows_kept = [g * group + j for g in keep.nonzero().flatten().tolist() for j in range(group)]
+        if rows_kept:
+            parts.append(data.select(rows_kept))
+            kept_groups += len(rows_kept) // group
+    data = StepData.concat(parts)
+    data.zero_variance_share, data.rounds = zero_share, rounds
+    if data.scores.step_rewards is not None:
+        data.step_scores, data.step_ends = step_tensors(tokenizer, data.rollouts, data.texts, data.scores.step_rewards)
+    return data
+
+
+def step_tensors(tokenizer: Any, rollouts: Rollouts, texts: list[str],
+                 step_rewards: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S) step rewards (NaN = no step) and the completion-token index where each step ends."""
+    def decode(ids: list[int]) -> str:
+        return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+    ends = [step_end_tokens(decode, ids, text) for ids, text in zip(rollouts.completion_token_lists(), texts)]
+    width = max(1, max(len(e) for e in ends))
+    scores = torch.full((len(texts), width), float("nan"))
+    positions = torch.full((len(texts), width), -1, dtype=torch.long)
+    for row, (row_ends, rewards) in enumerate(zip(ends, step_rewards)):
+        n = min(len(row_ends), len(rewards))  # a step the PRM could not read (truncated) gets no reward
+        scores[row, :n] = torch.tensor(rewards[:n])
+        positions[row, :n] = torch.tensor(row_ends[:n], dtype=torch.long)
+    return scores, positions
+
+
+def varies(by_group: torch.Tensor) -> torch.Tensor:
+    """Per group: do its (non-NaN) rewards take more than one value?"""
+    filled_hi = torch.where(torch.isnan(by_group), -torch.inf, by_group).amax(dim=1)
+    filled_lo = torch.where(torch.isnan(by_group), torch.inf, by_group).amin(dim=1)
+    return filled_hi > filled_lo
+
+
+def rollout_metrics(data: StepData) -> dict[str, float]:
+    """What the rollouts of a step look like: rewards (total and per reward function), accuracy, lengths,
+    truncation, groups without signal, reward failures."""
+    rewards, correct = data.scores.rewards, data.scores.correct
+    lengths = data.rollouts.completion_lengths.float()
+    valid = ~torch.isnan(rewards)
+    metrics = {
+        "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
+        "reward_std": float(rewards[valid].std()) if int(valid.sum()) > 1 else 0.0,
+        "accuracy": float(correct.float().mean()),
+        "prompt_length": float(data.rollouts.prompt_mask.sum(dim=1).float().mean()),
+        "completion_length": float(lengths.mean()),
+        "completion_length_correct": float(lengths[correct].mean()) if correct.any() else float("nan"),
+        "completion_length_incorrect": float(lengths[~correct].mean()) if (~correct).any() else float("nan"),
+        "truncated_share": sum(r == "length" for r in data.rollouts.finish_reasons) / len(data.rollouts),
+        "zero_variance_groups": data.zero_variance_share,
+        "reward_errors": float(len(data.scores.errors)),  # samples a reward function failed on (no reward)
+        "reward_timeouts": float(data.scores.timeouts),  # of those, the ones whose call ran out of time
+        "sampling_rounds": float(data.rounds),
+    }
+    for name, values in data.scores.components.items():
+        present = [v for v in values if v is not None]
+        if present:
+            metrics[f"reward/{name}"] = sum(present) / len(present)
+    return metrics
+
+
+def sample_rows(data: StepData) -> list[dict[str, Any]]:
+    """One row per completion for `samples.jsonl`: the problem, the completion, its reward and verdict."""
+    rows = []
+    for i, (example, text) in enumerate(zip(data.examples, data.texts)):
+        reward = float(data.scores.rewards[i])
+        rows.append({"example_id": example.id, "question": example.question, "completion": text,
+                     "gold": example.answer, "extracted": data.scores.extracted[i] if data.scores.extracted else None,
+                     "reward": None if reward != reward else reward, "correct": bool(data.scores.correct[i]),
+                     "finish_reason": data.rollouts.finish_reasons[i],
+                     "rewards": {k: v[i] for k, v in data.scores.components.items()}})
+    return rows
