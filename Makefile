@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean bench-trl bench-generation
+.PHONY: setup demo test browser clean bench-trl bench-generation
 
 setup: $(STAMP)
 
@@ -22,10 +22,17 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/incentivize train
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# Debian's Chromium and chromedriver for the run report's browser tests (tests/test_report.py, marker `browser`).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    chromium chromium-driver; }
 
 # Benchmarks (not part of the test suite). TRL lives in its own environment, never in the library's.
 BENCH := .venv-bench
