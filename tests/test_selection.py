@@ -207,7 +207,9 @@ def test_plot_is_valid_svg(tmp_path):
     root = ET.parse(path).getroot()
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     ns = {"svg": "http://www.w3.org/2000/svg"}
-    assert len(root.findall("svg:polyline", ns)) == len(table)
+    lines = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("id", "").startswith("sweep/")]
+    assert len(lines) == len(table)  # one line per selector, a marker (<use>) per N
+    assert [len(g.findall(".//svg:use", ns)) for g in lines] == [len(row) for row in table.values()]
     texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
     assert "accuracy" in texts and "samples per problem, N (log scale)" in texts
     assert set(table) <= set(texts) and {"1", "2", "4", "8"} <= set(texts)

@@ -26,7 +26,6 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from html import escape
 from itertools import combinations
 from pathlib import Path
 
@@ -423,70 +422,12 @@ def sweep_markdown(table: Mapping[str, Mapping[int, float]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The plot: an SVG line chart written as text.
-
-_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-_BASELINE_COLOR = "#7f7f7f"
+# The plot: the report's line plot (matplotlib, as SVG).
 
 
 def plot_sweep(table: Mapping[str, Mapping[int, float]], path: str | Path, title: str = "accuracy vs samples") -> None:
     """Write an SVG line chart of ``table`` (from :func:`sweep`) to ``path``: accuracy (0 to 1)
     against N on a log2 axis, one line per row, the ``pass@`` baselines dashed grey, and a legend."""
-    width, height = 720, 420
-    left, right, top, bottom = 60, 190, 40, 55
-    plot_w, plot_h = width - left - right, height - top - bottom
-    sizes = sorted({n for row in table.values() for n in row})
-    if not sizes:
-        raise ValueError("nothing to plot: the sweep table is empty")
-    low, high = math.log2(sizes[0]), math.log2(sizes[-1])
+    from incentivize.report.plot import sweep_svg  # matplotlib loads only when a sweep is drawn
 
-    def x(n: int) -> float:
-        if high == low:
-            return left + plot_w / 2
-        return left + (math.log2(n) - low) / (high - low) * plot_w
-
-    def y(accuracy: float) -> float:
-        return top + (1.0 - min(max(accuracy, 0.0), 1.0)) * plot_h
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left + plot_w / 2:.1f}" y="22" text-anchor="middle" font-size="15">{escape(title)}</text>',
-    ]
-    for tick in range(6):  # horizontal grid and y labels at 0, 0.2, ..., 1
-        value = tick / 5
-        parts.append(f'<line x1="{left}" y1="{y(value):.1f}" x2="{left + plot_w}" y2="{y(value):.1f}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{left - 8}" y="{y(value) + 4:.1f}" text-anchor="end">{value:.1f}</text>')
-    for n in sizes:  # vertical ticks and x labels at each N
-        parts.append(f'<line x1="{x(n):.1f}" y1="{top + plot_h}" x2="{x(n):.1f}" y2="{top + plot_h + 5}" stroke="black"/>')
-        parts.append(f'<text x="{x(n):.1f}" y="{top + plot_h + 19}" text-anchor="middle">{n}</text>')
-    parts += [
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 12}" text-anchor="middle">samples per problem, N (log scale)</text>',
-        f'<text x="16" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
-        f'transform="rotate(-90 16 {top + plot_h / 2:.1f})">accuracy</text>',
-    ]
-    colors = iter(_COLORS * (len(table) // len(_COLORS) + 1))
-    for row_number, (name, row) in enumerate(table.items()):
-        baseline = name.startswith("pass@")
-        color = _BASELINE_COLOR if baseline else next(colors)
-        dash = ' stroke-dasharray="6 4"' if baseline and name != "pass@1" else ' stroke-dasharray="2 3"' if baseline else ""
-        points = [(n, row[n]) for n in sorted(row)]
-        coordinates = " ".join(f"{x(n):.1f},{y(a):.1f}" for n, a in points)
-        parts.append(f'<polyline points="{coordinates}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
-        for n, accuracy in points:
-            parts.append(
-                f'<circle cx="{x(n):.1f}" cy="{y(accuracy):.1f}" r="3" fill="{color}">'
-                f"<title>{escape(name)} N={n}: {accuracy:.3f}</title></circle>"
-            )
-        legend_y = top + 10 + 18 * row_number
-        legend_x = left + plot_w + 15
-        parts.append(
-            f'<line x1="{legend_x}" y1="{legend_y}" x2="{legend_x + 22}" y2="{legend_y}" stroke="{color}" '
-            f'stroke-width="2"{dash}/>'
-        )
-        parts.append(f'<text x="{legend_x + 28}" y="{legend_y + 4}">{escape(name)}</text>')
-    parts.append("</svg>")
-    Path(path).write_text("\n".join(parts) + "\n", encoding="utf-8")
+    Path(path).write_text(sweep_svg(table, title=title) + "\n", encoding="utf-8")
