@@ -265,8 +265,10 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and chromedriver, "no chromium or chromedriver: `make browser` installs Debian's packages"
     options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
+    options.binary_location = chromium
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     # as root Chromium needs --no-sandbox; without the background-networking flags it dials out on start
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -274,7 +276,7 @@ def browser():
                  "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1000"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     try:
         yield driver
     finally:

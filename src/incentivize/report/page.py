@@ -241,8 +241,8 @@ def plot_groups(keys: Sequence[str], held_out: bool = False) -> list[tuple[str, 
     """(plot id, title, y label, keys) for each figure: the curated :data:`GROUPS` that have keys, then one
     figure per remaining key. ``held_out``: evaluations exist, so the accuracy figure is drawn.
 
-    >>> [(p, k) for p, _, _, k in plot_groups(["loss", "reward/length", "reward_mean", "mystery"])]
-    [('reward', ['reward_mean', 'reward/length']), ('loss', ['loss']), ('other-mystery', ['mystery'])]
+    >>> [(p, k) for p, _, _, k in plot_groups(["loss", "reward/length", "reward_mean", "a/b", "a-b"])]
+    [('reward', ['reward_mean', 'reward/length']), ('loss', ['loss']), ('other-a-b', ['a/b']), ('other-a-b-2', ['a-b'])]
     """
     remaining = list(keys)
     figures = []
@@ -254,7 +254,13 @@ def plot_groups(keys: Sequence[str], held_out: bool = False) -> list[tuple[str, 
         if members:
             figures.append((group.id, group.title, group.ylabel, members))
             remaining = [k for k in remaining if k not in members]
-    figures += [(f"other-{_slug(key)}", key, key, [key]) for key in remaining]
+    used = {plot_id for plot_id, _, _, _ in figures}
+    for key in remaining:
+        plot_id, number = f"other-{_slug(key)}", 2
+        while plot_id in used:  # two keys that slug alike ("select/orm", "select-orm")
+            plot_id, number = f"other-{_slug(key)}-{number}", number + 1
+        used.add(plot_id)
+        figures.append((plot_id, key, key, [key]))
     return figures
 
 
@@ -286,7 +292,7 @@ def _curves_section(section_id: str, heading: str, members: list[Member], multi:
         if not series:
             continue
         svg = line_plot_svg(series, title=title, xlabel="step", ylabel=ylabel, gid=f"{figure_id}/svg",
-                            legend_outside=sum(1 for _ in series) > 3 or multi)
+                            legend_outside=len(series) > 3 or multi)
         if plot_id.startswith("other-") and not other_started:
             figures.append('<h3 class="wide">other metrics</h3>')
             other_started = True
