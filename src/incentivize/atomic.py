@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from incentivize.errors import IncentivizeError
+
 
 @contextmanager
 def atomic_directory(target: Path, *, replace: bool = True) -> Iterator[Path]:
@@ -57,3 +59,10 @@ def _sync(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def require_directory_path(path: Path, option: str) -> None:
+    """Refuse, before any work, a `path` that cannot become a directory: it, or a parent, is a file."""
+    blocker = next((p for p in (path, *path.parents) if p.exists()), path)
+    if blocker.exists() and not blocker.is_dir():
+        raise IncentivizeError(f"{option} {path}: {blocker} is a file, not a directory; choose another {option}")

@@ -99,6 +99,7 @@ def eval_command(
 ) -> None:
     """Greedy accuracy, pass@k, maj@k, lengths and parse rate of a model on a task; with --select,
     the accuracy of voting and of best-of-N by trained verifiers as N grows."""
+    from incentivize.atomic import require_directory_path
     from incentivize.eval.runner import EvalSettings, evaluate
     from incentivize.inference.selection import parse_select, sweep_markdown
     from incentivize.models import load
@@ -118,9 +119,7 @@ def eval_command(
     settings = _settings(EvalSettings, samples=samples, temperature=temperature, top_p=top_p, top_k=top_k,
                          max_new_tokens=max_new_tokens or the_task.max_new_tokens, batch_size=batch_size, seed=seed)
     output = output or Path("results") / f"eval-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    blocker = next((p for p in (output, *output.parents) if p.exists()), output)
-    if blocker.exists() and not blocker.is_dir():  # found now, not after the whole evaluation
-        raise IncentivizeError(f"--output {output}: {blocker} is a file, not a directory; choose another --output")
+    require_directory_path(output, "--output")  # found now, not after the whole evaluation
 
     started = time.perf_counter()
     verifiers, selectors = _load_verifiers(select_specs)

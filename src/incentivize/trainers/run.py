@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import yaml
 
+from incentivize.atomic import require_directory_path
 from incentivize.checkpoint import (
     latest_checkpoint, load_checkpoint, remove_partial_checkpoints, restore_rng, rng_state, save_checkpoint,
 )
@@ -356,9 +357,7 @@ def _new_run_dir(config: LifecycleSettings, name: str) -> Path:
     if not config.output_dir:
         return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(config.output_dir)
-    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists()), run_dir)
-    if blocker.exists() and not blocker.is_dir():
-        raise IncentivizeError(f"output_dir {run_dir}: {blocker} is a file, not a directory; choose another --output-dir")
+    require_directory_path(run_dir, "--output-dir")
     for marker in ("metrics.jsonl", "final", "summary.json"):
         if (run_dir / marker).exists():
             raise IncentivizeError(
@@ -385,7 +384,8 @@ def _resume_dir(config: LifecycleSettings) -> Path:
     except (OSError, ValueError, AttributeError):
         info, saved = {}, None  # restoring reports an unreadable checkpoint
     now = config.model_dump(mode="json")
-    if saved == now and info.get("step") == info.get("total_steps") and (run_dir / "summary.json").exists():
+    same = isinstance(saved, dict) and {**saved, "output_dir": None} == {**now, "output_dir": None}
+    if same and info.get("step") == info.get("total_steps") and (run_dir / "summary.json").exists():
         raise IncentivizeError(_finished_message(run_dir))  # said now, before the models load
     if isinstance(saved, dict):
         changed = [k for k in now if k in saved and k not in config.RESUMABLE and saved[k] != now[k]]
