@@ -60,7 +60,12 @@ class VerifierRecipe(Trainer):
         self.total_steps = len(self.stages)
 
     def step(self, step: int) -> StepOutput:
-        return StepOutput(self.stages[step - 1](), nonfinite=None)
+        self.stages[step - 1]()  # each stage has its own run directory and logs; the recipe's row times it
+        return StepOutput({}, nonfinite=None)
+
+    def evaluate(self, label: str, directory: Path) -> dict[str, Any] | None:
+        """After the last stage: the reranked held-out accuracies it measured (in `eval/`)."""
+        return self.state["metrics"] if label == "after" else None
 
     def state_dict(self) -> dict[str, Any]:
         return {"recipe": dict(self.state)}
@@ -72,7 +77,7 @@ class VerifierRecipe(Trainer):
         return {"metrics": self.state["metrics"], "verifier_validation": self.state["verifier_validation"],
                 "sweep": self.state["sweep"]}
 
-    def _fine_tune(self) -> dict[str, Any]:
+    def _fine_tune(self) -> None:
         config = self.config
         self.context.say(f"stage 1/3: fine-tuning {config.model} on reference solutions for {config.sft_epochs} epochs")
         sft = self._stage("generator", train_sft, SFTConfig(
@@ -83,9 +88,8 @@ class VerifierRecipe(Trainer):
         self.state["generator"] = str(sft.run_dir / "final")
         before, after = (sft.before or {}).get("greedy_accuracy"), (sft.after or {}).get("greedy_accuracy")
         self.context.say(f"generator greedy accuracy {before} -> {after}")
-        return {"generator/greedy_accuracy_before": before, "generator/greedy_accuracy_after": after}
 
-    def _train_verifier(self) -> dict[str, Any]:
+    def _train_verifier(self) -> None:
         config = self.config
         self.context.say(f"stage 2/3: verifier from {config.samples_per_problem} samples x {config.num_problems} problems")
         verifier = self._stage("verifier", train_reward_model, RewardModelConfig(
@@ -98,9 +102,8 @@ class VerifierRecipe(Trainer):
         ))
         self.state["verifier"] = str(verifier.run_dir / "final")
         self.state["verifier_validation"] = verifier.after
-        return {f"verifier/{k}": v for k, v in (verifier.after or {}).items() if isinstance(v, float)}
 
-    def _rerank(self) -> dict[str, Any]:
+    def _rerank(self) -> None:
         config = self.config
         self.context.say(f"stage 3/3: {config.eval_samples} samples on each of {config.eval_limit} held-out problems, "
                          "reranked")
@@ -114,7 +117,6 @@ class VerifierRecipe(Trainer):
         report.write(self.context.run_dir / "eval", {"generator": self.state["generator"],
                                                      "verifier": self.state["verifier"], **settings.model_dump()})
         self.state["metrics"], self.state["sweep"] = report.metrics, report.sweep
-        return {k: v for k, v in report.metrics.items() if isinstance(v, float)}
 
     def _stage(self, name: str, train: Callable[..., RunResult], settings: LifecycleSettings) -> RunResult:
         """Run one stage in its own directory: continue it from its newest checkpoint if it was interrupted,
