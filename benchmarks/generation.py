@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from incentivize.models import load, onednn
+from incentivize.models import load
+from incentivize.models.speed import disable_training_paths, enable_training_paths
 from incentivize.rollout import SamplingParams, generate
 from incentivize.tasks import load_task, render_prompt
 
@@ -44,13 +45,16 @@ def main() -> None:
           f"up to {args.max_new_tokens} new tokens, prompts of {[len(p) for p in prompts]} tokens")
 
     # model.generate as TRL runs it (PyTorch's own linear layers), the same with incentivize's oneDNN
-    # linears (`incentivize.models.onednn`, what `load` installs), and the engine with them
+    # linears (`incentivize.models.speed`, what the RL trainer turns on for its policy), and the engine with them
     sides = [("model.generate", hf_generate, False), ("model.generate + oneDNN linears", hf_generate, True),
              ("incentivize engine", engine_generate, True)]
     runs: dict[str, list[tuple[int, float]]] = {name: [] for name, _, _ in sides}
     for repeat in range(args.repeats + 1):
         for name, fn, fast in sides:
-            (onednn.install if fast else onednn.uninstall)(model)
+            if fast:
+                enable_training_paths(model, linear="onednn")
+            else:
+                disable_training_paths(model)
             synchronize(args.device)
             started = time.perf_counter()
             tokens = fn(model, tokenizer, prompts, args.n, args.max_new_tokens, seed=repeat)

@@ -1,12 +1,12 @@
 """The memory and speed paths of the learner change nothing that is learned.
 
-Flat gradient and Adam buffers, in-place vocabulary gradients, MLP recomputation and oneDNN linears
-each give the same gradients and updates as the plain PyTorch path, and a short GRPO run with all of
-them on follows the same loss and reward curve as one with all of them off.
+Flat gradient and Adam buffers, in-place vocabulary gradients, MLP recomputation and the linear
+layers' kernels (PyTorch's, oneDNN's) each give the same gradients and updates as the plain PyTorch
+path, and a short GRPO run with all of them on follows the same loss and reward curve as one with all
+of them off.
 """
 
 import copy
-import functools
 
 import pytest
 import torch
@@ -14,8 +14,11 @@ import torch
 from incentivize.config import load_config
 from incentivize.models import load, onednn
 from incentivize.models.recompute import recompute_mlp
+from incentivize.models.speed import enable_training_paths
 from incentivize.trainers.flat_state import FlatGradients, flatten_adam_state
 from incentivize.trainers.rl import train
+
+KERNELS = ["torch", pytest.param("onednn", marks=pytest.mark.skipif(not onednn.available(), reason="no oneDNN here"))]
 
 
 def _loss(model, ids):
@@ -31,11 +34,55 @@ def pair():
     return model, copy.deepcopy(model), ids
 
 
+def _values_and_grads(layer: torch.nn.Linear, x: torch.Tensor, grad_exists: bool) -> list[torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    for p in layer.parameters():
+        p.grad = torch.zeros_like(p) if grad_exists else None  # as flat gradient buffers leave them, or not
+    y = layer(x)
+    (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    grads = [x.grad, layer.weight.grad] + ([layer.bias.grad] if layer.bias is not None else [])
+    return [y.detach(), *grads]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize(("grad_in_place", "grad_exists"), [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, 48), (3, 5, 48), (2, 1, 48)])
+def test_training_linear_gives_pytorchs_values_and_gradients(kernel, grad_in_place, grad_exists, bias, shape):
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(48, 80, bias=bias)
+    fast = copy.deepcopy(plain)
+    enable_training_paths(fast, linear=kernel)
+    fast.grad_in_place = grad_in_place  # a lone layer is no vocabulary matrix: set it by hand
+    x = torch.randn(*shape)
+    for ours, theirs in zip(_values_and_grads(fast, x, grad_exists), _values_and_grads(plain, x, grad_exists)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_the_in_place_weight_gradient_hands_autograd_no_weight_sized_tensor(kernel):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 300, bias=False)
+    enable_training_paths(layer, linear=kernel)
+    layer.grad_in_place = True
+    handed = []
+    # the weight gradients autograd would accumulate (a hook may also see None where there is none)
+    layer.weight.register_hook(lambda grad: handed.append(grad.shape) if grad is not None else None)
+    x = torch.randn(5, 16)
+    layer(x).sum().backward()  # no .grad yet: autograd's own path
+    assert handed == [layer.weight.shape]
+    grad = layer.weight.grad
+    layer(x).sum().backward()  # .grad exists: added into it in place
+    assert handed == [layer.weight.shape] and layer.weight.grad is grad
+    torch.testing.assert_close(grad, 2 * torch.ones(300, 1) * x.sum(dim=0), rtol=1e-5, atol=1e-5)
+
+
 def test_flat_gradients_accumulate_like_plain_gradients_and_zero_in_one_buffer(pair):
     fast, plain, ids = pair
-    flat = FlatGradients(fast.parameters(), in_place_above=10**6)
-    vocab = fast.lm_head.weight
-    assert getattr(vocab, "accumulate_in_place", False)  # the tied vocabulary matrix is the big one
+    assert enable_training_paths(fast, grad_in_place=True)["grad_in_place"] == "on"
+    assert fast.lm_head.grad_in_place and fast.model.embed_tokens.grad_in_place  # the tied vocabulary matrix
+    assert not fast.model.layers[0].mlp.up_proj.grad_in_place
+    flat = FlatGradients(fast.parameters())
     for _ in range(2):  # two micro-batches accumulate
         _loss(fast, ids).backward()
         _loss(plain, ids).backward()
@@ -48,9 +95,7 @@ def test_flat_gradients_accumulate_like_plain_gradients_and_zero_in_one_buffer(p
 
 
 def test_flat_adam_state_updates_exactly_like_lazily_initialised_adam(pair):
-    fast, plain, ids = pair
-    onednn.uninstall(fast)
-    onednn.uninstall(plain)  # compare the optimizer alone
+    fast, plain, ids = pair  # plain layers both: compare the optimizer alone
     options = {"lr": 1e-2, "weight_decay": 0.01, "fused": True}
     fast_opt = torch.optim.AdamW(fast.parameters(), **options)
     flatten_adam_state(fast_opt)
@@ -92,12 +137,17 @@ def test_recomputed_mlp_gives_the_same_gradients_and_keeps_parameter_names(pair)
 
 def test_a_short_run_learns_the_same_with_and_without_the_memory_and_speed_paths(tmp_path, monkeypatch):
     curves = {}
+    chosen = []
+
+    def enable(model, **options):
+        chosen.append(enable_training_paths(model, **options))
+        return chosen[-1]
+
     for fast in (True, False):
-        monkeypatch.setenv("INCENTIVIZE_ONEDNN", "1" if fast else "0")
-        onednn.available.cache_clear()
-        # in_place_above: the tiny model's vocabulary matrix takes the in-place path too
-        monkeypatch.setattr("incentivize.trainers.rl.FlatGradients",
-                            functools.partial(FlatGradients, in_place_above=10**6) if fast else _PlainGradients)
+        # the slow run keeps the plain layers of the policy and the reference
+        monkeypatch.setattr("incentivize.trainers.policy.enable_training_paths",
+                            enable if fast else (lambda model, **options: {"linear": "torch", "grad_in_place": "off"}))
+        monkeypatch.setattr("incentivize.trainers.rl.FlatGradients", FlatGradients if fast else _PlainGradients)
         monkeypatch.setattr("incentivize.trainers.rl.flatten_adam_state",
                             flatten_adam_state if fast else (lambda optimizer: None))
         config = load_config("grpo", None, [
@@ -108,7 +158,8 @@ def test_a_short_run_learns_the_same_with_and_without_the_memory_and_speed_paths
         rows: list[dict] = []
         train(config, on_step=lambda step, metrics: rows.append(metrics))
         curves[fast] = rows
-    onednn.available.cache_clear()
+    kernel = "onednn" if onednn.available() else "torch"
+    assert chosen == [{"linear": kernel, "grad_in_place": "on"}, {"linear": kernel, "grad_in_place": "off"}]  # policy, reference
     for fast, plain in zip(curves[True], curves[False]):
         assert fast["reward_mean"] == plain["reward_mean"]  # same samples: the weights stayed in step
         for key in ("loss", "kl", "entropy", "grad_norm"):

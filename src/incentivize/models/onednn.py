@@ -1,4 +1,4 @@
-"""float32 linear layers through oneDNN on x86 CPUs, forward and backward.
+"""float32 matrix products through oneDNN on x86 CPUs: the `onednn` kernel of `incentivize.models.speed`.
 
 PyTorch sends a float32 `nn.Linear` on the CPU to MKL's sgemm. MKL picks its kernels by CPU vendor:
 on AMD processors it runs AVX2 code even where the CPU has AVX-512. oneDNN, which PyTorch also ships
@@ -7,12 +7,10 @@ AVX-512 (`benchmarks/generation.py`, `benchmarks/grpo_vs_trl.py`): about 2x the 
 throughput of MKL, at float32 precision (a 2048 x 2048 product: relative error 9e-7 against float64,
 MKL 3e-7; both are float32 rounding).
 
-`install(model)` turns every float32 `nn.Linear` of `model` into an `OneDNNLinear` (a subclass that
-changes only `forward`), after checking once per process that the oneDNN op exists and agrees with
-`torch.nn.functional.linear`. The three products of a linear layer go through oneDNN:
-y = x W^T, dL/dx = g W and dL/dW = g^T x. Weights, state dicts, checkpoints and `deepcopy` are
-unchanged; anything that is not float32 on a CPU (a model moved to a GPU, bf16) takes the usual
-path. `INCENTIVIZE_ONEDNN=0` turns it off.
+`matmul_nt(a, b)` is ``a @ b.T`` and `add_matmul_nt(out, a, b)` is ``out += a @ b.T``; the linear
+layers of `incentivize.models.speed` run their three products through them (y = x W^T, dL/dx = g W,
+dL/dW = g^T x). `available()` checks once per process that the op exists and agrees with PyTorch;
+`INCENTIVIZE_ONEDNN=0` makes it report False.
 """
 
 from __future__ import annotations
@@ -21,114 +19,50 @@ import functools
 import os
 import platform
 import warnings
-from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 
 
-def _matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b.T through oneDNN: a (M, K), b (N, K), either may be a strided view."""
+def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T through oneDNN: a (M, K), b (N, K), either may be a strided view; (M, N)."""
     result: torch.Tensor = torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     return result
 
 
-class _Linear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        if not flat.is_contiguous():
-            flat = flat.contiguous()
-        out = _matmul_nt(flat, weight)  # (M, N)
-        if bias is not None:
-            out += bias
-        ctx.save_for_backward(flat, weight)
-        ctx.input_shape, ctx.has_bias = x.shape, bias is not None
-        return out.view(*x.shape[:-1], weight.shape[0])
+def add_matmul_nt(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows: int = 8192) -> None:
+    """out += a @ b.T, `rows` rows of `out` at a time: no temporary the size of `out`.
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        flat, weight = ctx.saved_tensors
-        g = grad.reshape(-1, weight.shape[0])
-        if not g.is_contiguous():
-            g = g.contiguous()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _matmul_nt(g, weight.t()).view(ctx.input_shape)  # g W
-        if ctx.needs_input_grad[1]:
-            if weight.grad is not None and getattr(weight, "accumulate_in_place", False):
-                _accumulate_weight_grad(weight.grad, g, flat)
-            else:
-                grad_w = _matmul_nt(g.t(), flat.t())  # g^T x
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(dim=0)
-        return grad_x, grad_w, grad_b
-
-
-def _accumulate_weight_grad(grad: torch.Tensor, g: torch.Tensor, flat: torch.Tensor, rows: int = 8192) -> None:
-    """grad += g^T x, `rows` output rows at a time: no temporary the size of the weight.
-
-    Used for weights flagged `accumulate_in_place` whose gradient already exists (the trainer's flat
-    gradient buffers): for a vocabulary-sized output layer the temporary would be the largest single
-    allocation of the backward pass, made while all the activations are still alive.
+    oneDNN's product cannot accumulate into its output, so each block is computed and then added;
+    for a vocabulary-sized weight gradient the whole-size temporary would be the largest single
+    allocation of the backward pass.
     """
-    for start in range(0, grad.shape[0], rows):
+    for start in range(0, out.shape[0], rows):
         block = slice(start, start + rows)
-        grad[block] += _matmul_nt(g[:, block].t(), flat.t())
-
-
-class OneDNNLinear(torch.nn.Linear):
-    """An `nn.Linear` whose float32 CPU products run through oneDNN (see the module docstring)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight
-        if weight.dtype != torch.float32 or x.dtype != torch.float32 or weight.device.type != "cpu" or x.numel() == 0:
-            return super().forward(x)
-        result: torch.Tensor = _Linear.apply(x, weight, self.bias)
-        return result
+        out[block] += matmul_nt(a[block], b)
 
 
 @functools.cache
 def available() -> bool:
-    """True when oneDNN float32 linears can run here and agree with PyTorch's own (checked once)."""
+    """True when oneDNN float32 products can run here and agree with PyTorch's own (checked once)."""
     if os.environ.get("INCENTIVIZE_ONEDNN", "1") == "0":
         return False
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
     try:
         generator = torch.Generator().manual_seed(0)
-        x = torch.randn(5, 3, 24, generator=generator, requires_grad=True)
-        weight = torch.randn(40, 24, generator=generator, requires_grad=True)
-        ours = _Linear.apply(x, weight, None)
-        ours_grads = torch.autograd.grad(ours.square().sum(), (x, weight))
-        theirs = torch.nn.functional.linear(x, weight)
-        theirs_grads = torch.autograd.grad(theirs.square().sum(), (x, weight))
-        close = torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4) and all(
-            torch.allclose(a, b, rtol=1e-4, atol=1e-3) for a, b in zip(ours_grads, theirs_grads)
-        )
+        x = torch.randn(15, 24, generator=generator)
+        weight = torch.randn(40, 24, generator=generator)
+        grad = torch.randn(15, 40, generator=generator)
+        # the three products of a linear layer, with the strided operands its backward pass uses
+        pairs = [(matmul_nt(x, weight), x @ weight.t()), (matmul_nt(grad, weight.t()), grad @ weight),
+                 (matmul_nt(grad.t(), x.t()), grad.t() @ x)]
+        accumulated = torch.ones(40, 24)
+        add_matmul_nt(accumulated, grad.t(), x.t(), rows=16)
+        pairs.append((accumulated, 1 + grad.t() @ x))
+        close = all(torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4) for ours, theirs in pairs)
     except (RuntimeError, AttributeError) as err:  # the op is private to PyTorch and may change
         warnings.warn(f"oneDNN linear layers unavailable, using PyTorch's ({err})", stacklevel=2)
         return False
     if not close:
         warnings.warn("oneDNN linear layers disagree with PyTorch's here; using PyTorch's", stacklevel=2)
     return close
-
-
-def install(model: torch.nn.Module) -> int:
-    """Route the float32 CPU `nn.Linear` layers of `model` through oneDNN; returns how many were changed."""
-    if not available():
-        return 0
-    changed = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.__class__ = OneDNNLinear
-            changed += 1
-    return changed
-
-
-def uninstall(model: torch.nn.Module) -> None:
-    """Give the layers of `model` back their plain `nn.Linear` forward."""
-    for module in model.modules():
-        if type(module) is OneDNNLinear:
-            module.__class__ = torch.nn.Linear  # type: ignore[assignment]

@@ -8,7 +8,7 @@ are the same, the extra cost is the MLP's forward once more per training step. T
 cache or other side effect, so recomputing it is safe, unlike a whole decoder layer that writes a
 KV cache. Without gradients (generation, reference and evaluation passes) the module runs as usual.
 
-The change is a subclass swap, like `incentivize.models.onednn`: parameter names, state dicts,
+The change is a subclass swap, like `incentivize.models.speed`: parameter names, state dicts,
 checkpoints and `deepcopy` stay as they were.
 """
 

@@ -37,17 +37,13 @@ def _views(params: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[tor
 class FlatGradients:
     """Every parameter's `.grad` is a view of one buffer, kept for the run; `zero()` clears them all.
 
-    Parameters of at least `in_place_above` elements (a vocabulary matrix) are flagged
-    `accumulate_in_place`: layers that know the flag (`incentivize.models.onednn`) add their weight
-    gradient into `.grad` block by block instead of returning a temporary of the weight's size.
+    Since every `.grad` exists before the backward pass, layers with `grad_in_place` on
+    (`incentivize.models.speed.enable_training_paths`) add their weight gradient into it directly.
     """
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], in_place_above: int = 2**22) -> None:
+    def __init__(self, params: Iterable[torch.nn.Parameter]) -> None:
         self.params = [p for p in params if p.requires_grad]
         self.buffers, self.grads = _views(self.params)
-        for p in self.params:
-            if p.numel() >= in_place_above:
-                p.accumulate_in_place = True  # type: ignore[attr-defined]
         self.zero()
 
     def zero(self) -> None:

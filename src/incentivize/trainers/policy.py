@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -18,6 +18,7 @@ from incentivize.models import load
 from incentivize.models.cache import cache_argument
 from incentivize.models.heads import ValueModel
 from incentivize.models.recompute import recompute_mlp
+from incentivize.models.speed import LinearKernelName, enable_training_paths
 from incentivize.rollout import Rollouts
 
 
@@ -28,6 +29,7 @@ class Models:
     reference: Any | None  # None: no KL term, or LoRA (the reference is the policy with adapters off)
     critic: ValueModel | None
     uses_lora: bool
+    speed_paths: dict[str, str] = field(default_factory=dict)  # the policy's, from enable_training_paths
 
     @contextmanager
     def reference_policy(self) -> Iterator[Any]:
@@ -52,10 +54,16 @@ def build_models(config: RLConfig) -> Models:
     if config.advantage == "gae":
         critic = ValueModel.from_causal_lm(load(config.critic_model)[0] if config.critic_model else policy)
         critic.eval()
+    # after the reference and critic copies, which need no in-place gradients; the critic stays plain
+    speed_paths = enable_training_paths(policy, grad_in_place=not uses_lora)
+    if reference is not None:
+        # the policy's kernel, so that log pi - log pi_ref is exactly 0 while their weights are equal: the
+        # rounding differences of two kernels would be a KL gradient, which Adam scales up to full steps
+        enable_training_paths(reference, linear=cast(LinearKernelName, speed_paths["linear"]))
     if config.recompute_mlp:
-        recompute_mlp(policy)  # after the reference copy: the reference never runs a backward pass
+        recompute_mlp(policy)
     policy.eval()  # no dropout: the learner must see the same distribution the engine sampled from
-    return Models(policy, tokenizer, reference, critic, uses_lora)
+    return Models(policy, tokenizer, reference, critic, uses_lora, speed_paths)
 
 
 def _with_lora(model: Any, config: RLConfig) -> Any:
