@@ -94,3 +94,15 @@ def test_build_models_gives_the_policy_the_training_paths_and_the_reference_only
     assert {m.kernel for m in models.reference.modules() if isinstance(m, TrainingLinear)} == {kernel}
     if algorithm == "ppo":
         assert _layer_types(models.critic) == {torch.nn.Linear, torch.nn.Embedding}
+
+
+def test_with_lora_trains_adapters_only_and_names_bad_target_modules():
+    from incentivize.models.lora import with_lora
+
+    model, _ = load("tiny-random")
+    adapted = with_lora(model, r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    trained = {name for name, p in adapted.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in name and ("q_proj" in name or "v_proj" in name) for name in trained)
+    plain, _ = load("tiny-random")
+    with pytest.raises(IncentivizeError, match="config lora_target_modules: .*no_such_proj"):
+        with_lora(plain, r=2, alpha=4, dropout=0.0, target_modules=["no_such_proj"])

@@ -13,10 +13,10 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from incentivize.algorithms.logprobs import entropy_from_logits, selective_log_softmax
 from incentivize.config import RLConfig
-from incentivize.errors import IncentivizeError
 from incentivize.models import load
 from incentivize.models.cache import cache_argument
 from incentivize.models.heads import ValueModel
+from incentivize.models.lora import with_lora
 from incentivize.models.recompute import recompute_mlp
 from incentivize.models.speed import LinearKernelName, enable_training_paths
 from incentivize.rollout import Rollouts
@@ -45,7 +45,8 @@ def build_models(config: RLConfig) -> Models:
     policy, tokenizer = load(config.model)
     uses_lora = config.use_peft
     if uses_lora:
-        policy = _with_lora(policy, config)
+        policy = with_lora(policy, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                           target_modules=config.lora_target_modules)
     reference = None
     if config.beta > 0 and not uses_lora:
         reference = copy.deepcopy(policy)
@@ -64,19 +65,6 @@ def build_models(config: RLConfig) -> Models:
         recompute_mlp(policy)
     policy.eval()  # no dropout: the learner must see the same distribution the engine sampled from
     return Models(policy, tokenizer, reference, critic, uses_lora, speed_paths)
-
-
-def _with_lora(model: Any, config: RLConfig) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules, task_type="CAUSAL_LM",
-    )
-    try:
-        return get_peft_model(model, lora)
-    except ValueError as err:
-        raise IncentivizeError(f"config lora_target_modules: {err}") from None
 
 
 @dataclass
