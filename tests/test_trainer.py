@@ -71,7 +71,7 @@ def test_micro_batching_does_not_change_the_gradient(tmp_path):
     from incentivize.trainers.policy import build_models
     from incentivize.trainers.rl import Learner, _collect
     from incentivize.trainers.sampler import PromptSampler
-    from incentivize.trainers.scoring import Scorer
+    from incentivize.rewards.scoring import Scorer
 
     config = _config(tmp_path, "grpo", "micro_batch_size=8", "beta=0.04")
     task = load_task("arithmetic")

@@ -16,7 +16,7 @@ from incentivize.rewards.steps import step_end_tokens
 from incentivize.rollout import Rollouts, SamplingParams, generate
 from incentivize.tasks import Example, Task, render_prompt
 from incentivize.trainers.sampler import PromptSampler
-from incentivize.trainers.scoring import Scorer, Scores
+from incentivize.rewards.scoring import Scorer, Scores
 
 
 @dataclass

@@ -47,7 +47,7 @@ from incentivize.trainers.loop import clipped_step
 from incentivize.trainers.policy import Batch, Models, SharedPrompts, build_models, token_logprobs, token_values
 from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer, run
 from incentivize.trainers.sampler import PromptSampler
-from incentivize.trainers.scoring import Scorer
+from incentivize.rewards.scoring import Scorer
 
 
 def train(config: RLConfig, *, on_step: Callable[[int, dict[str, Any]], None] | None = None,

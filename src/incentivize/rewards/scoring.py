@@ -1,4 +1,6 @@
-"""Score completions: the task's verifier, optional format and user rewards, DAPO length shaping."""
+"""Score completions: the task's verifier, optional format and user rewards, DAPO length shaping.
+
+The trainers call a `Scorer` on each batch of sampled completions and learn from its `Scores`."""
 
 from __future__ import annotations
 
