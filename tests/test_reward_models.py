@@ -17,9 +17,10 @@ from incentivize.algorithms.reward_losses import (
 from incentivize.config import RewardModelConfig, load_reward_config
 from incentivize.errors import IncentivizeError
 from incentivize.models import load
-from incentivize.rewards.reward_model import Verifier, encode, load_verifier, score_head_model
+from incentivize.rewards.reward_model import Verifier, load_verifier, score_head_model
 from incentivize.rewards.steps import split_steps, supervised_prefix
 from incentivize.tasks import load_task
+from incentivize.tasks.encoding import encode
 from incentivize.tasks.reward_data import load_pairs, load_step_solutions
 from incentivize.trainers.loop import clipped_step
 from incentivize.trainers.reward_model import Solution, backward_batch

@@ -126,3 +126,22 @@ def test_render_prompt_uses_the_chat_template_or_plain_text(tiny):
     finally:
         tokenizer.chat_template = template
     assert plain.strip() == "Calculate 2 + 2."
+
+
+def test_encode_solution_is_the_rendered_prompt_then_the_solution_and_eos(tiny):
+    from incentivize.tasks.encoding import encode_solution, pad
+
+    _, tokenizer = tiny
+    messages = [{"role": "user", "content": "What is 12 + 30?"}]
+    prompt = render_prompt(tokenizer, messages)
+    solution = tokenizer.encode("12 + 30 = 42\nAnswer: 42", add_special_tokens=False)
+    full = encode_solution(tokenizer, messages, "12 + 30 = 42\nAnswer: 42", max_length=512)
+    assert full.ids == prompt + solution + [tokenizer.eos_token_id]
+    assert full.completion_start == len(prompt) and full.step_positions == []
+    cut = encode_solution(tokenizer, messages, "12 + 30 = 42\nAnswer: 42", max_length=len(prompt) + 2)
+    assert cut.ids == prompt + solution[:2] and cut.completion_start == len(prompt)  # the first max_length tokens
+    short = encode_solution(tokenizer, messages, "42", max_length=3)
+    assert short.ids == prompt[:3] and short.completion_start == 3  # nothing left to learn from
+    ids, mask = pad([full, cut], pad_id=0)
+    assert ids.shape == mask.shape == (2, len(full.ids))
+    assert mask[1].tolist() == [1] * len(cut.ids) + [0] * (len(full.ids) - len(cut.ids))

@@ -9,15 +9,14 @@ models) beside `incentivize_verifier.json`, which says what kind it is and how i
   as positive); the solution's score is their product, minimum or the last one (`aggregation`);
 - `rm`: the head at the last token, a Bradley-Terry score (only differences mean something).
 
-Prompt and completion are tokenized separately and joined, in training and scoring alike, so a
-verifier sees the same tokens either way. `AutoModelForTokenClassification.from_pretrained` loads
+Prompt and completion are tokenized separately and joined (`incentivize.tasks.encoding.encode`), in
+training and scoring alike, so a verifier sees the same tokens either way. `AutoModelForTokenClassification.from_pretrained` loads
 the directory in plain transformers.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,56 +25,10 @@ import torch
 from incentivize.algorithms.reward_losses import step_correct_probability, step_score
 from incentivize.atomic import atomic_directory
 from incentivize.errors import IncentivizeError, describe
-from incentivize.rewards.steps import split_steps
+from incentivize.tasks.encoding import Encoded, encode, pad
 
 META_FILE = "incentivize_verifier.json"
 KINDS = {"orm": 1, "prm": 3, "rm": 1}  # kind -> outputs of the score head
-
-
-@dataclass
-class Encoded:
-    """Token ids of prompt + completion; where the completion starts; each step's last token."""
-
-    ids: list[int]
-    completion_start: int
-    step_positions: list[int]
-
-    @property
-    def last(self) -> int:
-        return len(self.ids) - 1
-
-
-def encode(tokenizer: Any, prompt: str, completion: str, max_length: int | None = None) -> Encoded:
-    """Tokenize `prompt` and `completion` apart and join them; a step (a non-blank line) is read at
-    the token holding its last character. `max_length` keeps the prompt's end and the completion's
-    start."""
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    pieces = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
-    completion_ids = list(pieces["input_ids"])
-    offsets = pieces["offset_mapping"]
-    positions = []
-    for step in split_steps(completion):
-        index = next((i for i, (start, end) in enumerate(offsets) if start <= step.end - 1 < end), None)
-        if index is not None:
-            positions.append(index)
-    if max_length is not None and len(prompt_ids) + len(completion_ids) > max_length:
-        keep_prompt = max(1, max_length - len(completion_ids))
-        prompt_ids = prompt_ids[-keep_prompt:]
-        completion_ids = completion_ids[: max_length - len(prompt_ids)]
-    start = len(prompt_ids)
-    return Encoded(prompt_ids + completion_ids, start,
-                   [start + i for i in positions if start + i < start + len(completion_ids)])
-
-
-def pad(batch: list[Encoded], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask, (B, L) each."""
-    width = max(len(e.ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, e in enumerate(batch):
-        ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        mask[row, : len(e.ids)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def score_head_model(lm: Any, kind: str) -> Any:

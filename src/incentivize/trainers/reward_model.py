@@ -32,13 +32,12 @@ from incentivize.config import RewardModelConfig
 from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import sample_completions
 from incentivize.models import load
-from incentivize.rewards.reward_model import (
-    Encoded, Verifier, encode, pad, save_verifier, score_head, score_head_model,
-)
+from incentivize.rewards.reward_model import Verifier, save_verifier, score_head, score_head_model
 from incentivize.rewards.steps import supervised_prefix
 from incentivize.rollout import SamplingParams
 from incentivize.tasks import load_task, render_prompt
 from incentivize.tasks.data import read_jsonl
+from incentivize.tasks.encoding import Encoded, encode, pad
 from incentivize.tasks.reward_data import load_pairs, load_step_solutions
 from incentivize.trainers.loop import SupervisedTrainer
 from incentivize.trainers.run import RunContext, RunResult, run

@@ -16,8 +16,8 @@ from incentivize.config import SFTConfig
 from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.models import load
-from incentivize.rewards.reward_model import Encoded, pad
 from incentivize.tasks import Example, load_task, render_prompt
+from incentivize.tasks.encoding import Encoded, pad
 from incentivize.trainers.loop import SupervisedTrainer
 from incentivize.trainers.run import RunContext, RunResult, run
 
