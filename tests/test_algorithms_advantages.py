@@ -264,5 +264,6 @@ def test_grpo_process_normalises_per_group():
 def test_registry_contents_and_unknown_name():
     assert ADVANTAGE_ESTIMATORS.names() == sorted(
         ["dr_grpo", "gae", "grpo", "grpo_process", "reinforce_pp", "reinforce_pp_baseline", "rloo"])
-    with pytest.raises(IncentivizeError, match=r"unknown advantage estimator 'grop' \(choices: dr_grpo, gae, grpo"):
+    with pytest.raises(IncentivizeError, match=r"unknown advantage estimator 'grop' \(choices: dr_grpo, gae, grpo.*"
+                                               r"did you mean 'grpo'"):
         compute_advantages("grop", _inputs([1.0], [1], group=1))
