@@ -73,6 +73,26 @@ def test_all_equal_group_gets_zero_and_one_scored_member_gets_zero():
         assert compute_advantages(name, seven).advantages.eq(0).all(), name
 
 
+def test_eps_zero_gives_zero_not_nan_for_a_group_of_equal_scores():
+    # group 1 rewards 1, 1: std 0, advantages 0 (0 / 0 would be NaN). Group 2 rewards 0, 1: mean 0.5,
+    # Bessel std sqrt((0.25 + 0.25) / 1) = sqrt(0.5): advantages -0.5 / sqrt(0.5) = -0.7071068 and +0.7071068
+    inputs = _inputs([1.0, 1.0, 0.0, 1.0], [2, 1, 2, 2], group=2)
+    out = compute_advantages("grpo", inputs, eps=0.0).advantages
+    a = 0.5 / math.sqrt(0.5)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.0], [0.0, 0.0], [-a, -a], [a, a]]))
+    # the same with the default eps, 1e-4: -0.5 / (0.7071068 + 1e-4)
+    default = compute_advantages("grpo", inputs).advantages
+    torch.testing.assert_close(default[2:, 0], torch.tensor([-0.5, 0.5]) / (math.sqrt(0.5) + 1e-4))
+    assert default[:2].eq(0).all()
+    # every score equal: the batch std, the REINFORCE++ / GAE whitening std and a group's step std are 0 too
+    # (one token per completion, so that every return and every GAE advantage is 1 as well)
+    equal = _inputs([1.0] * 4, [1] * 4, group=2, values=torch.zeros(4, 1), step_scores=torch.ones(4, 1),
+                    step_ends=torch.zeros(4, 1, dtype=torch.long))
+    for name, params in [("grpo", {"scale": "batch"}), ("reinforce_pp", {}), ("reinforce_pp_baseline", {}),
+                         ("gae", {}), ("grpo_process", {})]:
+        assert compute_advantages(name, equal, eps=0.0, **params).advantages.eq(0).all(), name
+
+
 def test_nan_scores_are_excluded_and_get_exactly_zero():
     inputs = _inputs([1.0, NAN, 0.0, 0.5], [2, 2, 2, 2], group=4)
     # valid rewards 1, 0, 0.5: mean 0.5, Bessel std 0.5

@@ -29,7 +29,8 @@ Process supervision:
 
 Everywhere: a row whose score is NaN (no reward) is left out of every mean, std and leave-one-out
 baseline and gets advantage exactly 0 (TRL's handling of unscorable samples); a group whose scores are
-all equal gets advantage 0 (the eps guard); advantages are 0 on masked tokens.
+all equal gets advantage 0, with any eps, 0 included (the values divided by a zero std are exactly 0);
+advantages are 0 on masked tokens.
 
 Deviations and choices the papers leave open:
 - Masks need not be contiguous (tool output inside a completion has mask 0). The token-level
@@ -146,6 +147,12 @@ def _bessel_std(centered: torch.Tensor, valid: torch.Tensor, dim: int | None = N
     return (squares.sum(dim=dim, keepdim=True) / (valid.sum(dim=dim, keepdim=True) - 1).clamp(min=1)).sqrt()
 
 
+def _scale(centered: torch.Tensor, std: torch.Tensor, eps: float) -> torch.Tensor:
+    """centered / (std + eps); 0 where the std is 0, which also holds with eps = 0 (the values are all
+    equal there, so `centered` is exactly 0, and 0 / 0 would be NaN)."""
+    return torch.where(std > 0, centered / (std + eps), 0.0)
+
+
 def _to_tokens(per_sequence: torch.Tensor, inputs: AdvantageInputs) -> torch.Tensor:
     """(B,) -> (B, T): broadcast over the trained tokens; rows without a score get 0."""
     per_sequence = torch.where(_valid_rows(inputs), per_sequence, 0.0)
@@ -168,7 +175,7 @@ def _whiten(values: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tenso
     valid = mask > 0
     mean = (values * mask).sum() / mask.sum().clamp(min=1)
     centered = values - mean
-    return centered / (_bessel_std(centered, valid) + eps) * mask
+    return _scale(centered, _bessel_std(centered, valid), eps) * mask
 
 
 # --- outcome estimators -------------------------------------------------------------------------
@@ -181,12 +188,12 @@ def grpo(inputs: AdvantageInputs, scale: str = "group", eps: float = 1e-4) -> Ad
     filled, valid, mean = _group_stats(scores, inputs.group_size)  # (groups, G)
     centered = torch.where(valid, filled - mean, 0.0)
     if scale == "group":
-        centered = centered / (_bessel_std(centered, valid, dim=1) + eps)
+        centered = _scale(centered, _bessel_std(centered, valid, dim=1), eps)
     elif scale == "batch":
         present = ~torch.isnan(scores)  # (B,)
         scored = torch.where(present, scores, 0.0)
         batch_mean = scored.sum() / present.sum().clamp(min=1)
-        centered = centered / (_bessel_std(scored - batch_mean, present) + eps)
+        centered = _scale(centered, _bessel_std(scored - batch_mean, present), eps)
     elif scale != "none":
         raise ValueError(f"grpo scale must be 'group', 'batch' or 'none', not {scale!r}")
     return AdvantageOutput(_to_tokens(centered.flatten(), inputs))
@@ -289,7 +296,7 @@ def grpo_process(inputs: AdvantageInputs, eps: float = 1e-4) -> AdvantageOutput:
     filled = torch.where(grouped_valid, grouped, 0.0)  # (groups, G * S)
     mean = filled.sum(dim=1, keepdim=True) / grouped_valid.sum(dim=1, keepdim=True).clamp(min=1)
     centered = torch.where(grouped_valid, filled - mean, 0.0)
-    normalised = (centered / (_bessel_std(centered, grouped_valid, dim=1) + eps)).reshape(rows, width)  # (B, S)
+    normalised = _scale(centered, _bessel_std(centered, grouped_valid, dim=1), eps).reshape(rows, width)  # (B, S)
     # put each step's normalised score at its end token, then sum from the right: A_t = sum_{end_j >= t}
     at_end = torch.zeros_like(mask).scatter_add_(1, ends.clamp(0, mask.shape[1] - 1), normalised)  # (B, T)
     advantages = at_end.flip(1).cumsum(1).flip(1)
