@@ -71,6 +71,11 @@ def test_all_equal_group_gets_zero_and_one_scored_member_gets_zero():
     seven = _inputs([0.7] * 7 + [1 / 3] * 7, [1] * 14, group=7)
     for name in ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"):
         assert compute_advantages(name, seven).advantages.eq(0).all(), name
+    # the same for the whitening of REINFORCE++ and GAE (every return 0.7) and a group's PRM step scores
+    sevens = _inputs([0.7] * 7, [1] * 7, group=7, values=torch.zeros(7, 1), step_scores=torch.full((7, 2), 0.7),
+                     step_ends=torch.zeros(7, 2, dtype=torch.long))
+    for name in ("reinforce_pp", "gae", "grpo_process"):
+        assert compute_advantages(name, sevens).advantages.eq(0).all(), name
 
 
 def test_eps_zero_gives_zero_not_nan_for_a_group_of_equal_scores():

@@ -122,21 +122,32 @@ def _sequence_scores(inputs: AdvantageInputs) -> torch.Tensor:
     return scores - inputs.beta * (inputs.kl.to(scores.dtype) * inputs.mask).sum(dim=1)
 
 
+def _exact_mean(values: torch.Tensor, valid: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `values` over its `valid` entries (0 where there is none), along `dim` (kept) or overall.
+
+    Taken around a valid entry's value, so that equal values have a mean exactly equal to them and
+    centre to exactly 0: a plain float sum / n need not round back to the value (in float32,
+    7 * 0.7 / 7 != 0.7), and the std guard would then blow the leftover up into an advantage.
+    """
+    if values.numel() == 0:
+        return values.new_zeros(()) if dim is None else values.sum(dim=dim, keepdim=True)
+    reduce = (lambda t: t.sum()) if dim is None else (lambda t: t.sum(dim=dim, keepdim=True))
+    highest = torch.where(valid, values, -torch.inf)
+    shift = highest.amax() if dim is None else highest.amax(dim=dim, keepdim=True)
+    count = reduce(valid)
+    shift = torch.where(count > 0, shift, 0.0)
+    return shift + reduce(torch.where(valid, values - shift, 0.0)) / count.clamp(min=1)
+
+
 def _group_stats(scores: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Group view of (B,) scores: NaN-filled-with-0 values, validity, and the mean over valid members.
 
-    Returns (groups, G) values, (groups, G) bool validity and (groups, 1) mean (0 for an empty group).
-    The mean is taken around a member's value, so a group of equal scores has a mean exactly equal to
-    them and centred scores exactly 0 (a plain float sum / n need not round back to the value).
+    Returns (groups, G) values, (groups, G) bool validity and (groups, 1) mean (0 for an empty group),
+    exact for equal scores (`_exact_mean`).
     """
     grouped = scores.view(-1, group_size)  # (groups, G)
     valid = ~torch.isnan(grouped)
-    filled = torch.where(valid, grouped, 0.0)
-    count = valid.sum(dim=1, keepdim=True)  # (groups, 1)
-    shift = torch.where(valid, grouped, -torch.inf).amax(dim=1, keepdim=True)
-    shift = torch.where(count > 0, shift, 0.0)  # (groups, 1)
-    mean = shift + torch.where(valid, grouped - shift, 0.0).sum(dim=1, keepdim=True) / count.clamp(min=1)
-    return filled, valid, mean
+    return torch.where(valid, grouped, 0.0), valid, _exact_mean(grouped, valid, dim=1)
 
 
 def _bessel_std(centered: torch.Tensor, valid: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -173,8 +184,7 @@ def _token_rewards(scores: torch.Tensor, inputs: AdvantageInputs, mask: torch.Te
 def _whiten(values: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
     """(values - mean) / (Bessel std + eps) over the entries with mask 1; 0 elsewhere."""
     valid = mask > 0
-    mean = (values * mask).sum() / mask.sum().clamp(min=1)
-    centered = values - mean
+    centered = values - _exact_mean(values, valid)
     return _scale(centered, _bessel_std(centered, valid), eps) * mask
 
 
@@ -293,9 +303,8 @@ def grpo_process(inputs: AdvantageInputs, eps: float = 1e-4) -> AdvantageOutput:
     valid = ~torch.isnan(steps) & _valid_rows(inputs).unsqueeze(1) & (ends >= 0)
     rows, width = steps.shape
     grouped, grouped_valid = steps.reshape(-1, inputs.group_size * width), valid.reshape(-1, inputs.group_size * width)
-    filled = torch.where(grouped_valid, grouped, 0.0)  # (groups, G * S)
-    mean = filled.sum(dim=1, keepdim=True) / grouped_valid.sum(dim=1, keepdim=True).clamp(min=1)
-    centered = torch.where(grouped_valid, filled - mean, 0.0)
+    mean = _exact_mean(grouped, grouped_valid, dim=1)  # (groups, 1)
+    centered = torch.where(grouped_valid, grouped - mean, 0.0)  # (groups, G * S)
     normalised = _scale(centered, _bessel_std(centered, grouped_valid, dim=1), eps).reshape(rows, width)  # (B, S)
     # put each step's normalised score at its end token, then sum from the right: A_t = sum_{end_j >= t}
     at_end = torch.zeros_like(mask).scatter_add_(1, ends.clamp(0, mask.shape[1] - 1), normalised)  # (B, T)
