@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from incentivize.errors import IncentivizeError, describe
+from incentivize.models.speed import LinearKernelName
 from incentivize.trackers import ReportToList
 
 Settings = TypeVar("Settings", bound=BaseModel)
@@ -88,6 +89,10 @@ class RLConfig(LifecycleSettings):
     share_prompt: bool = Field(default=True, description="compute a group's shared prompt once in the learner")
     recompute_mlp: bool = Field(
         default=False, description="recompute each layer's MLP in the backward pass: less activation memory, a little more time"
+    )
+    linear_kernel: LinearKernelName = Field(
+        default="auto", description="matrix products of the trained model's linear layers: onednn, torch, or auto "
+        "(oneDNN on x86 where it runs; INCENTIVIZE_ONEDNN=0 turns it off)",
     )
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
@@ -392,6 +397,7 @@ class SupervisedSettings(RunSettings):
     max_length: int = Field(default=512, ge=8, description="tokens of prompt + completion kept")
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
+    linear_kernel: LinearKernelName = Field(default="auto", description="as in RL: onednn, torch or auto")
 
 
 class RewardModelConfig(SupervisedSettings):

@@ -189,3 +189,13 @@ def _vocabulary_modules(model: torch.nn.Module) -> set[torch.nn.Module]:
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
             found.add(module)
     return found
+
+
+def describe_paths(paths: dict[str, str]) -> str:
+    """`enable_training_paths`' answer in words, for a run's log.
+
+    >>> describe_paths({"linear": "onednn", "grad_in_place": "on"})
+    'linear layers through onednn, vocabulary gradients added in place'
+    """
+    in_place = "added in place" if paths.get("grad_in_place") == "on" else "as autograd makes them"
+    return f"linear layers through {paths.get('linear', 'torch')}, vocabulary gradients {in_place}"

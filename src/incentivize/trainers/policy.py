@@ -55,12 +55,15 @@ def build_models(config: RLConfig) -> Models:
     if config.advantage == "gae":
         critic = ValueModel.from_causal_lm(load(config.critic_model)[0] if config.critic_model else policy)
         critic.eval()
-    # after the reference and critic copies, which need no in-place gradients; the critic stays plain
-    speed_paths = enable_training_paths(policy, grad_in_place=not uses_lora)
+    # after the reference and critic copies, which need no in-place gradients (the critic has no vocabulary layer)
+    speed_paths = enable_training_paths(policy, linear=config.linear_kernel, grad_in_place=not uses_lora)
+    linear = cast(LinearKernelName, speed_paths["linear"])
     if reference is not None:
         # the policy's kernel, so that log pi - log pi_ref is exactly 0 while their weights are equal: the
         # rounding differences of two kernels would be a KL gradient, which Adam scales up to full steps
-        enable_training_paths(reference, linear=cast(LinearKernelName, speed_paths["linear"]))
+        enable_training_paths(reference, linear=linear)
+    if critic is not None:
+        enable_training_paths(critic, linear=linear)
     if config.recompute_mlp:
         recompute_mlp(policy)
     policy.eval()  # no dropout: the learner must see the same distribution the engine sampled from

@@ -32,6 +32,7 @@ from incentivize.config import RewardModelConfig
 from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import sample_completions
 from incentivize.models import load
+from incentivize.models.speed import describe_paths, enable_training_paths
 from incentivize.rewards.reward_model import Verifier, save_verifier, score_head, score_head_model
 from incentivize.rewards.steps import supervised_prefix
 from incentivize.rollout import SamplingParams
@@ -90,6 +91,7 @@ class RewardModelTrainer(SupervisedTrainer):
             f"{'pairs' if config.kind == 'rm' else 'solutions'}")
         _describe_labels(config, self.items, say)
         self.model = score_head_model(lm, config.kind)
+        say(f"speed paths: {describe_paths(enable_training_paths(self.model, linear=config.linear_kernel))}")
         self.lm_head = _lm_head(lm, self.model) if config.lm_loss_weight > 0 else None
         params = list(self.model.parameters())
         if self.lm_head is not None and not any(self.lm_head is p for p in params):

@@ -38,7 +38,9 @@ from incentivize.checkpoint import save_model
 from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import EvalSettings, evaluate
+from incentivize.models.speed import describe_paths
 from incentivize.rewards import load_reward_function
+from incentivize.rewards.scoring import Scorer
 from incentivize.tasks import Example, Task, chat_template_warning, load_task
 from incentivize.trainers.collect import StepData, rollout_metrics, sample_rows, varies
 from incentivize.trainers.collect import collect as _collect
@@ -47,7 +49,6 @@ from incentivize.trainers.loop import clipped_step
 from incentivize.trainers.policy import Batch, Models, SharedPrompts, build_models, token_logprobs, token_values
 from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer, run
 from incentivize.trainers.sampler import PromptSampler
-from incentivize.rewards.scoring import Scorer
 
 
 def train(config: RLConfig, *, on_step: Callable[[int, dict[str, Any]], None] | None = None,
@@ -77,6 +78,7 @@ class RLTrainer(Trainer):
         self.say(f"run directory {context.run_dir}; {len(self.train_examples)} training and "
                  f"{len(self.eval_examples)} held-out problems")
         self.models = build_models(config)
+        self.say(f"speed paths: {describe_paths(self.models.speed_paths)}")
         if warning := chat_template_warning(self.models.tokenizer, config.model):
             self.say(f"warning: {warning}")
         self.scorer = Scorer(

@@ -16,8 +16,9 @@ from incentivize.config import SFTConfig
 from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.models import load
-from incentivize.tasks import Example, load_task, render_prompt
-from incentivize.tasks.encoding import Encoded, pad
+from incentivize.models.speed import describe_paths, enable_training_paths
+from incentivize.tasks import load_task
+from incentivize.tasks.encoding import Encoded, encode_solution, pad
 from incentivize.trainers.loop import SupervisedTrainer
 from incentivize.trainers.run import RunContext, RunResult, run
 
@@ -45,7 +46,10 @@ class SFTTrainer(SupervisedTrainer):
         if not examples:
             raise IncentivizeError(f"task {config.task!r} has no reference solutions to fine-tune on")
         self.model, self.tokenizer = load(config.model)
-        self.items = [_tokenize(self.tokenizer, self.task.messages(e), e, config.max_length) for e in examples]
+        paths = enable_training_paths(self.model, linear=config.linear_kernel, grad_in_place=True)
+        self.say(f"speed paths: {describe_paths(paths)}")
+        self.items = [encode_solution(self.tokenizer, self.task.messages(e), e.solution or "", config.max_length)
+                      for e in examples]
         self.held_out = self.task.examples("test", config.eval_limit)
         self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
         self.say(f"{len(self.items)} solutions, {config.epochs} epochs ({self.total_steps} steps); "
@@ -68,14 +72,6 @@ class SFTTrainer(SupervisedTrainer):
 
     def save_final(self, directory: Path) -> None:
         save_model(directory, self.model, self.tokenizer)
-
-
-def _tokenize(tokenizer: Any, messages: list[dict[str, str]], example: Example, max_length: int) -> Encoded:
-    """Prompt + solution + EOS token ids; the solution is the completion (the only target)."""
-    prompt = render_prompt(tokenizer, messages)
-    solution = list(tokenizer(example.solution, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
-    ids = (prompt + solution)[:max_length]
-    return Encoded(ids, min(len(prompt), len(ids)), [])
 
 
 def _backward(model: Any, batch: list[Encoded], micro_batch_size: int, pad_id: int) -> float:
