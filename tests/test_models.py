@@ -78,7 +78,7 @@ def test_load_returns_plain_layers_and_one_call_turns_the_training_paths_on():
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_build_models_gives_the_policy_the_training_paths_and_the_reference_only_its_kernel(algorithm):
+def test_build_models_gives_the_policy_the_training_paths_and_the_reference_and_critic_its_kernel(algorithm):
     from incentivize.config import load_config
     from incentivize.models.speed import TrainingLinear
     from incentivize.trainers.policy import build_models
@@ -92,8 +92,9 @@ def test_build_models_gives_the_policy_the_training_paths_and_the_reference_only
     assert _layer_types(models.reference) == {TrainingLinear, torch.nn.Embedding}
     assert "grad_in_place=True" not in repr(models.reference)
     assert {m.kernel for m in models.reference.modules() if isinstance(m, TrainingLinear)} == {kernel}
-    if algorithm == "ppo":
-        assert _layer_types(models.critic) == {torch.nn.Linear, torch.nn.Embedding}
+    if algorithm == "ppo":  # the critic is trained too: the same kernel; it has no vocabulary output layer
+        assert _layer_types(models.critic) == {TrainingLinear, torch.nn.Embedding}
+        assert {m.kernel for m in models.critic.modules() if isinstance(m, TrainingLinear)} == {kernel}
 
 
 def test_with_lora_trains_adapters_only_and_names_bad_target_modules():

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -197,7 +199,6 @@ def _history(records: list) -> list[dict]:
 
 
 def test_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("wandb")
     for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": tmp_path / "cfg",
                         "WANDB_CACHE_DIR": tmp_path / "cache", "WANDB_DATA_DIR": tmp_path / "data"}.items():
         monkeypatch.setenv(name, str(value))
@@ -235,7 +236,6 @@ def test_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_mlflow_file_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
     uri = (tmp_path / "mlruns").as_uri()
@@ -271,26 +271,38 @@ def test_mlflow_file_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 # trackio, a local directory
 
 
-def test_trackio_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is imported
-    monkeypatch.delenv("TRACKIO_PROJECT", raising=False)
-    if "trackio" in sys.modules:
-        pytest.skip("trackio was imported before TRACKIO_DIR could point it at tmp_path")
-    pytest.importorskip("trackio")
-    from trackio.sqlite_storage import SQLiteStorage
+TRACKIO_SCRIPT = """
+import json, sys
+from pathlib import Path
+from trackio.sqlite_storage import SQLiteStorage
+from incentivize.trackers import open_trackers
 
-    with open_trackers(["trackio"], tmp_path / "run", CONFIG, run_name="grpo-1") as trackers:
-        for step, metrics in enumerate(STEPS, 1):
-            trackers.log_metrics(metrics, step)
-        trackers.log_samples(3, SAMPLES)
+steps, samples, config, run_dir, out = json.loads(sys.argv[1])
+with open_trackers(["trackio"], Path(run_dir), config, run_name="grpo-1") as trackers:
+    for step, metrics in enumerate(steps, 1):
+        trackers.log_metrics(metrics, step)
+    trackers.log_samples(3, samples)
+Path(out).write_text(json.dumps({"logs": SQLiteStorage.get_logs("incentivize", "grpo-1"),
+                                 "config": SQLiteStorage.get_run_config("incentivize", "grpo-1")}, default=str))
+"""
 
-    logs = SQLiteStorage.get_logs("incentivize", "grpo-1")
+
+def test_trackio_local(tmp_path: Path) -> None:
+    # trackio reads TRACKIO_DIR when it is imported: a process of its own points it at tmp_path
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")}
+    env.pop("TRACKIO_PROJECT", None)
+    out = tmp_path / "logged.json"
+    inputs = json.dumps([STEPS, SAMPLES, CONFIG, str(tmp_path / "run"), str(out)], default=str)  # NaN stays NaN
+    done = subprocess.run([sys.executable, "-c", TRACKIO_SCRIPT, inputs], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
     logged: dict[str, dict[int, float]] = {}
-    for row in logs:
+    for row in result["logs"]:
         for name, value in row.items():
             if name in _expected(STEPS):
                 logged.setdefault(name, {})[row["step"]] = value
     assert logged == _expected(STEPS)
-    [samples] = [(row["step"], row["samples"]["_value"]) for row in logs if "samples" in row]
+    [samples] = [(row["step"], row["samples"]["_value"]) for row in result["logs"] if "samples" in row]
     assert samples[0] == 3 and "gold `42`" in samples[1] and "The answer is 42." in samples[1]
-    assert SQLiteStorage.get_run_config("incentivize", "grpo-1")["learning_rate"] == 1e-6
+    assert result["config"]["learning_rate"] == 1e-6

@@ -430,7 +430,7 @@ def _write_report(run_dir: Path, say: Say) -> None:
 
     try:
         started = time.perf_counter()
-        path = write_report([run_dir])
+        path = write_report([run_dir], on_warning=lambda text: say(f"warning: {text}"))
     except (IncentivizeError, OSError, ValueError) as err:
         say(f"warning: could not write the run report ({describe(err)}); try: incentivize report {run_dir}")
         return
