@@ -428,6 +428,6 @@ def sweep_markdown(table: Mapping[str, Mapping[int, float]]) -> str:
 def plot_sweep(table: Mapping[str, Mapping[int, float]], path: str | Path, title: str = "accuracy vs samples") -> None:
     """Write an SVG line chart of ``table`` (from :func:`sweep`) to ``path``: accuracy (0 to 1)
     against N on a log2 axis, one line per row, the ``pass@`` baselines dashed grey, and a legend."""
-    from incentivize.report.plot import sweep_svg  # matplotlib loads only when a sweep is drawn
+    from incentivize.plots import sweep_svg  # matplotlib loads only when a sweep is drawn
 
     Path(path).write_text(sweep_svg(table, title=title) + "\n", encoding="utf-8")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from incentivize.report.assets import SCRIPT, STYLE
-from incentivize.report.plot import COLORS, LINESTYLES, Series, line_plot_svg, sweep_svg
+from incentivize.plots import COLORS, LINESTYLES, Series, line_plot_svg, sweep_svg
 from incentivize.report.runs import SAMPLES_PER_STEP, RunData, eval_step
 
 HELD_OUT = "eval/greedy_accuracy"  # plotted from eval-*/results.json as well as from metrics.jsonl

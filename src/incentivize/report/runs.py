@@ -210,7 +210,7 @@ def _read_samples(path: Path, warnings: list[str]) -> Samples:
         if per_step.get(step, 0) >= SAMPLES_PER_STEP:
             continue
         per_step[step] = per_step.get(step, 0) + 1
-        prompt = row.get("prompt")
+        prompt = row.get("prompt", row.get("question"))  # RL samples keep the problem's question
         if isinstance(prompt, str):
             prompt = prompt_index.setdefault(_cut(prompt), len(prompt_index))
         reward = row.get("reward")

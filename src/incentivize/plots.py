@@ -124,7 +124,7 @@ def line_plot_svg(
                 axes.legend(frameon=False)
         # the left margin fits the longest y tick label (formatted here without drawing the figure)
         labels = axes.yaxis.get_major_formatter().format_ticks(list(axes.yaxis.get_majorticklocs()))
-        left = 0.45 + 0.068 * max((len(text) for text in labels), default=4)
+        left = 0.45 + 0.085 * max((len(text) for text in labels), default=4)
         figure.subplots_adjust(left=left / width)
         buffer = io.StringIO()
         figure.savefig(buffer, format="svg", metadata={"Date": None})
