@@ -145,7 +145,7 @@ def test_sampler_draws_from_the_softmax_it_reports(temperature, top_k, top_p):
 
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, float("-inf")]]).repeat(40_000, 1)
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-    chosen, logp = _sample(logits, params, torch.Generator().manual_seed(0))
+    chosen, logp = _sample(logits, params, torch.rand(len(logits), generator=torch.Generator().manual_seed(0)))
     full = torch.log_softmax(logits[0] / temperature, dim=-1)
     torch.testing.assert_close(logp, full[chosen])
     allowed = full.exp()
@@ -175,3 +175,21 @@ def test_preallocated_cache_layer_acts_like_a_growing_one():
     assert torch.equal(layer.keys, expected_k[[3, 0]])
     layer.crop(-2)
     assert torch.equal(layer.keys, expected_k[[3, 0], :, :6])
+
+
+def test_a_prompts_samples_do_not_depend_on_the_prompts_beside_it(tiny):
+    """Per-prompt seeds: sampling prompts one by one, or split between processes, gives the same
+    completions as sampling them together."""
+    from incentivize.rollout.engine import prompt_seeds
+
+    model, tokenizer = tiny
+    prompts = [tokenizer(text)["input_ids"] for text in ("one two", "three four five six", "seven")]
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=10, seed=7)
+    together = generate(model, prompts, params, eos_token_ids=[tokenizer.eos_token_id],
+                        pad_token_id=tokenizer.pad_token_id).completion_token_lists()
+    seeds = prompt_seeds(7, 3)
+    alone = [ids for i, prompt in enumerate(prompts)
+             for ids in generate(model, [prompt], params, eos_token_ids=[tokenizer.eos_token_id],
+                                 pad_token_id=tokenizer.pad_token_id, seeds=[seeds[i]]).completion_token_lists()]
+    assert together == alone
+    assert len({tuple(ids) for ids in together}) > 3  # really sampled: the rows differ

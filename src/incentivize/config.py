@@ -58,6 +58,9 @@ class LifecycleSettings(BaseModel):
 class RLConfig(LifecycleSettings):
     """Everything an RL run needs. Units: lengths in tokens, steps in optimizer steps of one rollout batch."""
 
+    # where the samples are drawn changes nothing about them (each prompt has its own seed)
+    RESUMABLE = LifecycleSettings.RESUMABLE | {"num_rollout_workers", "ray_address"}
+
     # what to train, on what
     algorithm: Algorithm = "grpo"
     model: str = Field(default="smollm2-135m", description="model directory, .gguf file or built-in name")
@@ -124,6 +127,14 @@ class RLConfig(LifecycleSettings):
     critic_learning_rate: float = Field(default=1e-5, gt=0.0)
     critic_warmup_steps: int = Field(default=0, ge=0, description="steps that train only the critic, actor frozen")
     cliprange_value: float = Field(default=0.2, gt=0.0)
+
+    # scale-out (incentivize.distributed)
+    num_rollout_workers: int = Field(
+        default=0, ge=0, description="Ray actors that sample and score the groups (0: this process; no Ray)"
+    )
+    ray_address: str | None = Field(
+        default=None, description="the Ray cluster of the workers ('auto', host:port); default a local Ray for the run"
+    )
 
     # LoRA (peft)
     use_peft: bool = False

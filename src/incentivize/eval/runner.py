@@ -24,6 +24,7 @@ from incentivize.eval.metrics import maj_at_k, mean_pass_at_k
 from incentivize.inference.selection import Problem, Selector, plot_sweep, sweep
 from incentivize.rewards import call_reward_function, reward_name
 from incentivize.rollout import SamplingParams, generate
+from incentivize.rollout.engine import prompt_seeds
 from incentivize.tasks import Example, Task, render_prompt, reward_columns
 
 
@@ -158,12 +159,12 @@ def _decode_all(
     per_batch = max(1, batch_size // params.n)
     by_example: dict[int, list[SampleRecord]] = {}
     eos_ids = _eos_ids(model, tokenizer)
+    seeds = prompt_seeds(params.seed, len(prompts))  # each problem its own: results do not depend on batch_size
     for start in range(0, len(order), per_batch):
         chunk = order[start : start + per_batch]
-        batch_params = params.model_copy(update={"seed": params.seed + start})
         rollouts = generate(
-            model, [prompts[i] for i in chunk], batch_params,
-            eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id, decode=tokenizer.decode,
+            model, [prompts[i] for i in chunk], params, eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id,
+            decode=tokenizer.decode, seeds=[seeds[i] for i in chunk],
         )
         completions = rollouts.completion_token_lists()
         for row, ids in enumerate(completions):

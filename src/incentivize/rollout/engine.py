@@ -13,6 +13,11 @@ distributions are the same.
 The mask covers every generated token up to and including the one that ended the sequence (the EOS
 token or the token that completed a stop string), so the stop token gets a gradient; padding after
 it has mask 0.
+
+Sampling is seeded per prompt: the uniform draws of a prompt's samples come from its own seed
+(`seeds`, by default derived from `params.seed` and the prompt's position), so a prompt's completions
+do not depend on which other prompts share its batch. Several processes that each sample some of a
+step's prompts with those prompts' seeds produce the same completions as one process sampling all.
 """
 
 from __future__ import annotations
@@ -130,11 +135,13 @@ def generate(
     pad_token_id: int,
     decode: Callable[[list[int]], str] | None = None,
     on_token: Callable[[int], None] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Rollouts:
     """Sample `params.n` completions for each prompt in one batch.
 
     `decode` turns token ids into text; it is needed only when `params.stop` is not empty.
     `on_token(k)` is called after each decoding step with the number of sequences still running.
+    `seeds` has one seed per prompt (default `prompt_seeds(params.seed, len(prompts))`).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise IncentivizeError("generate() needs at least one prompt and no empty prompt")
@@ -143,7 +150,10 @@ def generate(
     device = next(model.parameters()).device
     batch = len(prompts) * params.n
     unique_ids, unique_mask = _left_pad([list(p) for p in prompts], pad_token_id, device)
-    generator = torch.Generator(device=device).manual_seed(params.seed)
+    seeds = list(seeds) if seeds is not None else prompt_seeds(params.seed, len(prompts))
+    if len(seeds) != len(prompts):
+        raise IncentivizeError(f"generate() got {len(seeds)} seeds for {len(prompts)} prompts")
+    uniforms = _uniforms(seeds, params.n, params.max_new_tokens).to(device)  # (B, max_new_tokens)
     eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
 
     tokens = torch.full((batch, params.max_new_tokens), pad_token_id, dtype=torch.long, device=device)
@@ -169,7 +179,7 @@ def generate(
         active = torch.arange(batch, device=device)  # original row of each row in the live batch
 
         for t in range(params.max_new_tokens):
-            next_tokens, next_logprobs = _sample(logits, params, generator)
+            next_tokens, next_logprobs = _sample(logits, params, uniforms[active, t])
             live = running[active]
             rows = active[live]
             tokens[rows, t] = next_tokens[live]
@@ -232,10 +242,26 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
     return ids.to(device), mask.to(device)
 
 
+def prompt_seeds(base: int, count: int, start: int = 0) -> list[int]:
+    """Seeds of prompts `start .. start + count - 1` of a batch seeded with `base`, spread apart so that
+    batches with nearby bases share no seed.
+
+    >>> prompt_seeds(0, 3) == prompt_seeds(0, 5)[:3] and prompt_seeds(0, 2, start=3) == prompt_seeds(0, 5)[3:]
+    True
+    """
+    return [(base * 0x9E3779B97F4A7C15 + start + i) % 2**63 for i in range(count)]
+
+
+def _uniforms(seeds: Sequence[int], n: int, steps: int) -> torch.Tensor:
+    """(len(seeds) * n, steps) uniform draws in [0, 1): prompt i's n rows from its own seed."""
+    return torch.cat([torch.rand((n, steps), generator=torch.Generator().manual_seed(seed)) for seed in seeds])
+
+
 def _sample(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row from `logits` (B, V); return it and its log-probability.
+    """Draw one token per row from `logits` (B, V) with the row's uniform draw `uniforms` (B,); return it
+    and its log-probability.
 
     Sampling inverts the cumulative distribution with one uniform draw per row, which costs one
     exponential and one cumulative sum over the vocabulary; `torch.multinomial` draws an exponential
@@ -254,7 +280,7 @@ def _sample(
     peak = allowed.amax(dim=-1, keepdim=True)  # (B, 1)
     cumulative = torch.exp(allowed - peak).cumsum(dim=-1)  # (B, V) unnormalised CDF
     total = cumulative[:, -1:]
-    draw = torch.rand(total.shape, generator=generator, device=total.device, dtype=total.dtype) * total
+    draw = uniforms[:, None].to(total.dtype) * total
     # right=True: the first entry whose CDF exceeds the draw, so zero-probability tokens are never picked
     chosen = torch.searchsorted(cumulative, draw, right=True).clamp(max=scaled.shape[-1] - 1).squeeze(1)
     if allowed is scaled:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError
+from incentivize.rewards import load_reward_function
 from incentivize.rewards.steps import step_end_tokens
 from incentivize.rollout import Rollouts, SamplingParams, generate
+from incentivize.rollout.engine import prompt_seeds
 from incentivize.tasks import Example, Task, render_prompt
 from incentivize.trainers.sampler import PromptSampler
 from incentivize.rewards.scoring import Scorer, Scores
@@ -77,10 +79,53 @@ class StepData:
         return len(self.examples)
 
 
-def collect(config: RLConfig, models: Any, task: Task, examples: list[Example], sampler: PromptSampler,
-            scorer: Scorer, prompt_cache: dict[int, list[int]], step: int) -> StepData:
-    """Sample and score one step's groups; with dynamic sampling, only groups whose rewards differ."""
-    tokenizer, group = models.tokenizer, config.num_generations
+def build_scorer(config: RLConfig, task: Task) -> Scorer:
+    """The rewards of `config`: the task's verifier, reward functions and reward models, shaping."""
+    return Scorer(
+        task, [load_reward_function(spec) for spec in config.rewards], config.reward_weights, config.format_reward,
+        config.max_completion_length, config.overlong_buffer, config.overlong_penalty,
+        timeout_s=config.reward_timeout_s, on_error=config.on_reward_error, process=config.advantage == "grpo_process",
+    )
+
+
+class LocalRollouts:
+    """Samples and scores groups in this process: the rollout engine on `policy`, then the scorer."""
+
+    def __init__(self, policy: Any, tokenizer: Any, task: Task, examples: list[Example], scorer: Scorer) -> None:
+        self.policy, self.tokenizer, self.task, self.examples, self.scorer = policy, tokenizer, task, examples, scorer
+        self.prompt_cache: dict[int, list[int]] = {}
+
+    def sample(self, indices: list[int], seeds: list[int], params: SamplingParams) -> StepData:
+        """`params.n` completions of training problems `indices`, prompt i sampled with `seeds[i]`, scored."""
+        tokenizer, group = self.tokenizer, params.n
+        for i in indices:
+            if i not in self.prompt_cache:
+                self.prompt_cache[i] = render_prompt(tokenizer, self.task.messages(self.examples[i]))
+        started = time.perf_counter()
+        rollouts = generate(self.policy, [self.prompt_cache[i] for i in indices], params, seeds=seeds,
+                            eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+        generated = time.perf_counter()
+        rows = [self.examples[i] for i in indices for _ in range(group)]
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rollouts.completion_token_lists()]
+        prompts = [tokenizer.decode(self.prompt_cache[i], skip_special_tokens=False) for i in indices
+                   for _ in range(group)]
+        scores = self.scorer(rows, prompts, texts, rollouts.completion_lengths)
+        return StepData(rollouts, rows, texts, scores, generate_seconds=generated - started,
+                        score_seconds=time.perf_counter() - generated)
+
+
+class RolloutSource(Protocol):
+    """Where a step's groups come from: `LocalRollouts`, or rollout workers (`incentivize.distributed`)."""
+
+    def sample(self, indices: list[int], seeds: list[int], params: SamplingParams) -> StepData: ...
+
+
+def collect(config: RLConfig, source: RolloutSource, sampler: PromptSampler, tokenizer: Any, step: int) -> StepData:
+    """Sample and score one step's groups; with dynamic sampling, only groups whose rewards differ.
+
+    Each prompt is sampled with a seed of its own, drawn from the step, the round and its position, so
+    the groups are the same however many processes sample them."""
+    group = config.num_generations
     parts: list[StepData] = []
     kept_groups, rounds, zero_share = 0, 0, 0.0
     while kept_groups < config.prompts_per_step:
@@ -92,24 +137,10 @@ def collect(config: RLConfig, models: Any, task: Task, examples: list[Example], 
                 "task, or set dynamic_sampling=false"
             )
         indices = sampler.take(config.prompts_per_step - kept_groups)
-        for i in indices:
-            if i not in prompt_cache:
-                prompt_cache[i] = render_prompt(tokenizer, task.messages(examples[i]))
-        params = SamplingParams(
-            n=group, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-            max_new_tokens=config.max_completion_length, seed=config.seed * 1_000_003 + step * 101 + rounds,
-        )
-        started = time.perf_counter()
-        rollouts = generate(models.policy, [prompt_cache[i] for i in indices], params,
-                            eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
-        generated = time.perf_counter()
-        rows = [examples[i] for i in indices for _ in range(group)]
-        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rollouts.completion_token_lists()]
-        prompts = [tokenizer.decode(prompt_cache[i], skip_special_tokens=False) for i in indices for _ in range(group)]
-        scores = scorer(rows, prompts, texts, rollouts.completion_lengths)
-        data = StepData(rollouts, rows, texts, scores, generate_seconds=generated - started,
-                        score_seconds=time.perf_counter() - generated)
-        varied = varies(scores.rewards.view(-1, group))  # (groups,)
+        params = SamplingParams(n=group, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                                max_new_tokens=config.max_completion_length)
+        data = source.sample(indices, prompt_seeds(config.seed * 1_000_003 + step * 101 + rounds, len(indices)), params)
+        varied = varies(data.scores.rewards.view(-1, group))  # (groups,)
         if rounds == 1:
             zero_share = 1.0 - float(varied.float().mean())
         keep = varied if config.dynamic_sampling and group > 1 else torch.ones_like(varied)

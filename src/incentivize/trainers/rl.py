@@ -39,10 +39,10 @@ from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.models.speed import describe_paths
-from incentivize.rewards import load_reward_function
-from incentivize.rewards.scoring import Scorer
 from incentivize.tasks import Example, Task, chat_template_warning, load_task
-from incentivize.trainers.collect import StepData, rollout_metrics, sample_rows, varies
+from incentivize.trainers.collect import (
+    LocalRollouts, RolloutSource, StepData, build_scorer, rollout_metrics, sample_rows, varies,
+)
 from incentivize.trainers.collect import collect as _collect
 from incentivize.trainers.flat_state import FlatGradients, flatten_adam_state
 from incentivize.trainers.loop import clipped_step
@@ -69,6 +69,7 @@ class RLTrainer(Trainer):
 
     def __init__(self, config: RLConfig) -> None:
         self.config = config
+        self.pool: Any = None  # rollout workers, with num_rollout_workers
 
     def setup(self, context: RunContext) -> None:
         config, self.say = self.config, context.say
@@ -81,22 +82,22 @@ class RLTrainer(Trainer):
         self.say(f"speed paths: {describe_paths(self.models.speed_paths)}")
         if warning := chat_template_warning(self.models.tokenizer, config.model):
             self.say(f"warning: {warning}")
-        self.scorer = Scorer(
-            self.task, [load_reward_function(spec) for spec in config.rewards], config.reward_weights,
-            config.format_reward, config.max_completion_length, config.overlong_buffer, config.overlong_penalty,
-            timeout_s=config.reward_timeout_s, on_error=config.on_reward_error,
-            process=config.advantage == "grpo_process",
-        )
         self.sampler = PromptSampler(len(self.train_examples), config.seed)
         self.learner = Learner(config, self.models)
-        self.prompt_cache: dict[int, list[int]] = {}
+        self.source: RolloutSource = LocalRollouts(self.models.policy, self.models.tokenizer, self.task,
+                                                   self.train_examples, build_scorer(config, self.task))
+        if config.num_rollout_workers:
+            from incentivize.distributed.rollout import RolloutPool
+
+            self.source = self.pool = RolloutPool(config, self.models.speed_paths["linear"], self.say)
         self.total_steps = config.max_steps
 
     def step(self, step: int) -> StepOutput:
         config, learner = self.config, self.learner
         t0 = time.perf_counter()
-        data = _collect(config, self.models, self.task, self.train_examples, self.sampler, self.scorer,
-                        self.prompt_cache, step)
+        if self.pool is not None:
+            self.pool.sync(self.models.policy)  # the weights of the last update (or of the restored checkpoint)
+        data = _collect(config, self.source, self.sampler, self.models.tokenizer, step)
         t1 = time.perf_counter()
         skipped, updates = learner.skipped_updates, learner.updates
         stats = learner.step(data, train_actor=step > config.critic_warmup_steps)
@@ -104,8 +105,14 @@ class RLTrainer(Trainer):
         metrics = {**rollout_metrics(data), **stats, "time/generate": data.generate_seconds,
                    "time/score": data.score_seconds, "time/learn": t2 - t1, "time/step": t2 - t0,
                    "tokens_per_second": float(data.rollouts.completion_mask.sum()) / (t2 - t0)}
+        if self.pool is not None:
+            metrics["time/weight_sync"] = self.pool.sync_seconds
         nonfinite = True if learner.skipped_updates > skipped else (False if learner.updates > updates else None)
         return StepOutput(metrics, sample_rows(data), nonfinite, no_signal=_no_signal(config, data, metrics))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
 
     def state_dict(self) -> dict[str, Any]:
         return self.learner.state_dict() | {"sampler": self.sampler.state_dict()}

@@ -125,6 +125,9 @@ class Trainer:
         loss = metrics.get("loss")
         return f"loss {loss:.4f}" if isinstance(loss, float) else ""
 
+    def close(self) -> None:
+        """Release what setup started (worker processes); called however the run ends."""
+
     def memory_advice(self) -> str:
         """What to lower when a step runs out of memory."""
         return "micro_batch_size (it changes memory, not the math)"
@@ -150,7 +153,15 @@ def run(trainer: Trainer, config: LifecycleSettings, *, name: str, resume: bool 
     require_packages(config.report_to)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    trainer.setup(RunContext(run_dir, resume, say, progress))
+    try:
+        trainer.setup(RunContext(run_dir, resume, say, progress))
+        return _run_steps(trainer, config, run_dir, resume, say, progress, on_step, started)
+    finally:
+        trainer.close()
+
+
+def _run_steps(trainer: Trainer, config: LifecycleSettings, run_dir: Path, resume: bool, say: Say, progress: Progress,
+               on_step: Callable[[int, dict[str, Any]], None] | None, started: float) -> RunResult:
     lifecycle = _Lifecycle(trainer, config, run_dir, say)
     done = lifecycle.restore() if resume else lifecycle.create()
     if resume:
