@@ -61,6 +61,23 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write `path` so that a reader sees its old content or all of the new: a temporary sibling, flushed,
+    then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def require_directory_path(path: Path, option: str) -> None:
     """Refuse, before any work, a `path` that cannot become a directory: it, or a parent, is a file."""
     blocker = next((p for p in (path, *path.parents) if p.exists()), path)

@@ -182,7 +182,7 @@ def train_command(
     (orm, prm, rm) or the verifier recipe; --resume continues any of them. With no arguments: GRPO on
     SmolLM2-135M-Instruct on arithmetic, on CPU."""
     from incentivize.config import (
-        RewardModelConfig, SFTConfig, VerifierRecipeConfig, load_config, load_run_config, load_settings,
+        SFTConfig, VerifierRecipeConfig, load_config, load_reward_config, load_run_config, load_settings,
     )
 
     rl = algorithm not in (*REWARD_MODEL_KINDS, "sft", "verifier")
@@ -209,7 +209,7 @@ def train_command(
     elif algorithm == "verifier":
         settings = load_settings(VerifierRecipeConfig, config, overrides)
     else:
-        settings = load_settings(RewardModelConfig, config, overrides, {"kind": algorithm})
+        settings = load_reward_config(algorithm, config, overrides)
     _run_training(settings, resume=False)
 
 

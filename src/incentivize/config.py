@@ -17,10 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from incentivize.errors import IncentivizeError, describe
-from incentivize.models.speed import LinearKernelName
 from incentivize.trackers import ReportToList
 
 Settings = TypeVar("Settings", bound=BaseModel)
+LinearKernelName = Literal["auto", "onednn", "torch"]  # the linear layers' kernel (incentivize.models.speed)
 Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
 
 

@@ -17,13 +17,14 @@ import math
 import numbers
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, get_args
 
 import yaml
 from pydantic import BeforeValidator
 
+from incentivize.atomic import write_text
 from incentivize.errors import IncentivizeError, describe
 
 ReportTo = Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]
@@ -120,7 +121,7 @@ class MlflowTracker:
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
         try:
             if run_id is None:  # a resumed run has its parameters already; mlflow refuses to change one
-                params = [(_mlflow_name(k), str(v)[:500]) for k, v in _flatten(config).items()]
+                params = [(_mlflow_name(k), str(v)[:500]) for k, v in flatten(config).items()]
                 for i in range(0, len(params), 100):  # mlflow takes at most 100 parameters a call
                     mlflow.log_params(dict(params[i:i + 100]))
         except BaseException:
@@ -156,18 +157,32 @@ class TrackioTracker:
 
 
 class Trackers:
-    """Every chosen backend behind one object: each call goes to all of them."""
+    """Every chosen backend behind one object: each call goes to all of them.
 
-    def __init__(self, trackers: Sequence[Tracker] = ()) -> None:
+    With `on_error`, a backend that fails while logging (a lost connection) is reported there once and
+    dropped, so that the run goes on with `metrics.jsonl` and the other backends; without it the error
+    is raised."""
+
+    def __init__(self, trackers: Sequence[Tracker] = (), on_error: Callable[[str], None] | None = None) -> None:
         self.trackers = list(trackers)
+        self.on_error = on_error
 
     def log_metrics(self, metrics: Mapping[str, float | int | None], step: int) -> None:
-        for tracker in self.trackers:
-            tracker.log_metrics(metrics, step)
+        self._each(lambda tracker: tracker.log_metrics(metrics, step))
 
     def log_text(self, tag: str, text: str, step: int) -> None:
-        for tracker in self.trackers:
-            tracker.log_text(tag, text, step)
+        self._each(lambda tracker: tracker.log_text(tag, text, step))
+
+    def _each(self, call: Callable[[Tracker], None]) -> None:
+        for tracker in list(self.trackers):
+            try:
+                call(tracker)
+            except Exception as err:  # any backend's failure: it is reported, the run goes on
+                if self.on_error is None:
+                    raise
+                self.trackers.remove(tracker)
+                self.on_error(f"{type(tracker).__name__} stopped logging ({describe(err)}); metrics.jsonl has "
+                              "every step")
 
     def log_config(self, config: Mapping[str, Any], step: int = 0) -> None:
         self.log_text("config", render_config(config), step)
@@ -185,7 +200,9 @@ class Trackers:
                 tracker.close()
             except Exception as err:  # the others still get closed
                 failure = failure or err
-        if failure is not None:
+        if failure is not None and self.on_error is not None:
+            self.on_error(f"a tracker failed to close ({describe(failure)})")
+        elif failure is not None:
             raise failure
 
     def __enter__(self) -> Trackers:
@@ -196,7 +213,8 @@ class Trackers:
 
 
 def open_trackers(report_to: str | Sequence[str] | None, run_dir: Path, config: Mapping[str, Any], *,
-                  run_name: str, resume_step: int | None = None) -> Trackers:
+                  run_name: str, resume_step: int | None = None,
+                  on_error: Callable[[str], None] | None = None) -> Trackers:
     """Open the backends named by `report_to` for the run in `run_dir`, and log `config` to them.
 
     `resume_step` is None for a new run; for a resumed one it is the first step the run logs again:
@@ -212,7 +230,7 @@ def open_trackers(report_to: str | Sequence[str] | None, run_dir: Path, config: 
     ids_path = run_dir / _IDS_FILE
     ids = json.loads(ids_path.read_text(encoding="utf-8")) if resume and ids_path.exists() else {}
     run_dir.mkdir(parents=True, exist_ok=True)
-    trackers = Trackers()
+    trackers = Trackers(on_error=on_error)
     try:
         for name in names:
             trackers.trackers.append(_open(name, run_dir, plain, run_name, resume_step, ids))
@@ -220,9 +238,7 @@ def open_trackers(report_to: str | Sequence[str] | None, run_dir: Path, config: 
         trackers.close()
         raise
     if "wandb" in names or "mlflow" in names:
-        tmp = ids_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ids) + "\n", encoding="utf-8")
-        tmp.replace(ids_path)
+        write_text(ids_path, json.dumps(ids) + "\n")
     if not resume:
         trackers.log_config(plain)
     return trackers
@@ -298,11 +314,16 @@ def _code(text: str) -> str:
     return "\n".join("    " + line for line in (text.rstrip("\n") or " ").split("\n"))
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys (an empty mapping stays a value).
+
+    >>> flatten({"a": 1, "b": {"c": [2], "d": {}}})
+    {'a': 1, 'b.c': [2], 'b.d': {}}
+    """
     out: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

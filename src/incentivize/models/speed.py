@@ -15,9 +15,9 @@
   in-place path runs only when `.grad` already exists (the RL learner's flat gradient buffers,
   `trainers/flat_state.py`); otherwise autograd creates the gradient as usual.
 
-A model whose outputs are compared with the trained one's (the RL reference policy, for the KL term)
-gets the same kernel, without `grad_in_place`, so that equal weights give exactly equal outputs; other
-models (evaluation copies, the PPO critic) stay plain.
+A model whose outputs are compared with the trained one's (the RL reference policy, for the KL term;
+rollout workers) gets the same kernel, without `grad_in_place`, so that equal weights give exactly
+equal outputs; so does the PPO critic, which is trained too. Models that are only evaluated stay plain.
 
 The choice shows in `repr(model)` (`TrainingLinear(..., kernel=onednn, grad_in_place=True)`) and is
 returned for the run's log. Parameter names, state dicts, checkpoints and `deepcopy` are unchanged (the
@@ -29,16 +29,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast, get_args
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from incentivize.config import LinearKernelName
 from incentivize.errors import IncentivizeError
 from incentivize.models import onednn
 from incentivize.models.inplace_grads import InPlaceGradEmbedding
 
-LinearKernelName = Literal["auto", "onednn", "torch"]
 
 __all__ = ["LinearKernelName", "TrainingLinear", "disable_training_paths", "enable_training_paths"]
 

@@ -73,6 +73,9 @@ class VerifierRecipe(Trainer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = dict(state["recipe"])
 
+    def trackers(self, report_to: list[str]) -> list[str]:
+        return [name for name in report_to if name == "tensorboard"]  # the stages log to the others
+
     def summary(self) -> dict[str, Any]:
         return {"metrics": self.state["metrics"], "verifier_validation": self.state["verifier_validation"],
                 "sweep": self.state["sweep"]}

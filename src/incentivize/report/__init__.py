@@ -8,12 +8,11 @@ opens from disk with no network. Every input is checked before anything is writt
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from incentivize.atomic import require_directory_path, write_text
 from incentivize.errors import IncentivizeError
 from incentivize.report.runs import read_run
 
@@ -42,17 +41,7 @@ def write_report(run_dirs: Sequence[str | Path], output: str | Path | None = Non
     for run in runs:
         for message in run.warnings:
             (on_warning or _warn)(message)
-    page = render(runs)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(target, render(runs))
     return target
 
 
@@ -82,9 +71,7 @@ def _output_path(paths: list[Path], output: Path | None) -> Path:
         output = output / REPORT_NAME
     if output.exists() and (output.is_dir() or output.suffix.lower() not in (".html", ".htm")):
         raise IncentivizeError(f"--output {output} exists and is not an HTML file; choose another path")
-    blocker = next((p for p in output.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise IncentivizeError(f"--output {output}: {blocker} is a file, not a directory; choose another path")
+    require_directory_path(output.parent, "--output")
     return output
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from incentivize.report.assets import SCRIPT, STYLE
+from incentivize.trackers import flatten
 from incentivize.plots import COLORS, LINESTYLES, Series, line_plot_svg, sweep_svg
 from incentivize.report.runs import SAMPLES_PER_STEP, RunData, eval_step
 
@@ -115,20 +116,6 @@ def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.1f} s"
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one level of dotted keys.
-
-    >>> flatten({"a": 1, "b": {"c": [2], "d": {}}})
-    {'a': 1, 'b.c': [2], 'b.d': {}}
-    """
-    if not isinstance(value, dict) or (prefix and not value):
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 def config_differences(configs: Sequence[dict[str, Any]]) -> list[str]:

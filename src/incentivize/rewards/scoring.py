@@ -29,6 +29,27 @@ class Scores:
     step_rewards: list[list[float]] | None = None  # per completion, a PRM's P(correct) of each step (process supervision)
     extracted: list[str | None] | None = None  # per completion, the answer the task's verifier read (None: none)
 
+    def select(self, rows: Sequence[int]) -> Scores:
+        """These completions' scores, in this order (the failure counts stay the batch's)."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        return Scores(
+            self.rewards[index], self.correct[index], {k: [v[r] for r in rows] for k, v in self.components.items()},
+            self.errors, self.timeouts, None if self.step_rewards is None else [self.step_rewards[r] for r in rows],
+            None if self.extracted is None else [self.extracted[r] for r in rows],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Scores]) -> Scores:
+        """The completions of all parts; failure counts summed."""
+        first = parts[0]
+        return Scores(
+            torch.cat([p.rewards for p in parts]), torch.cat([p.correct for p in parts]),
+            {k: [v for p in parts for v in p.components[k]] for k in first.components},
+            [e for p in parts for e in p.errors], sum(p.timeouts for p in parts),
+            None if first.step_rewards is None else [s for p in parts for s in p.step_rewards or []],
+            None if first.extracted is None else [a for p in parts for a in p.extracted or []],
+        )
+
 
 def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
     """DAPO's soft overlong punishment: 0 up to `max_length - buffer`, then linearly down to -factor.

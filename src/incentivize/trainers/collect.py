@@ -48,31 +48,16 @@ class StepData:
 
     def select(self, rows: Sequence[int]) -> StepData:
         """These rows, in this order (the step's totals stay as they are)."""
-        index = torch.tensor(list(rows), dtype=torch.long)
-        s = self.scores
-        scores = Scores(s.rewards[index], s.correct[index], {k: [v[r] for r in rows] for k, v in s.components.items()},
-                        s.errors, s.timeouts, [s.step_rewards[r] for r in rows] if s.step_rewards is not None else None,
-                        [s.extracted[r] for r in rows] if s.extracted is not None else None)
         return replace(self, rollouts=self.rollouts.select(rows), examples=[self.examples[r] for r in rows],
-                       texts=[self.texts[r] for r in rows], scores=scores)
+                       texts=[self.texts[r] for r in rows], scores=self.scores.select(rows))
 
     @staticmethod
     def concat(parts: Sequence[StepData]) -> StepData:
-        """The rows of all parts; counts (errors, timeouts, seconds) summed."""
-        first = parts[0]
-        step_rewards = None
-        if first.scores.step_rewards is not None:
-            step_rewards = [steps for p in parts for steps in p.scores.step_rewards or []]
-        scores = Scores(
-            rewards=torch.cat([p.scores.rewards for p in parts]), correct=torch.cat([p.scores.correct for p in parts]),
-            components={k: [v for p in parts for v in p.scores.components[k]] for k in first.scores.components},
-            errors=[e for p in parts for e in p.scores.errors], timeouts=sum(p.scores.timeouts for p in parts),
-            step_rewards=step_rewards,
-            extracted=[a for p in parts for a in p.scores.extracted or []] if first.scores.extracted is not None else None,
-        )
+        """The rows of all parts; times summed."""
         return StepData(Rollouts.concat([p.rollouts for p in parts]), [e for p in parts for e in p.examples],
-                        [t for p in parts for t in p.texts], scores, zero_variance_share=first.zero_variance_share,
-                        rounds=len(parts), generate_seconds=sum(p.generate_seconds for p in parts),
+                        [t for p in parts for t in p.texts], Scores.concat([p.scores for p in parts]),
+                        zero_variance_share=parts[0].zero_variance_share, rounds=len(parts),
+                        generate_seconds=sum(p.generate_seconds for p in parts),
                         score_seconds=sum(p.score_seconds for p in parts))
 
     def __len__(self) -> int:
@@ -91,9 +76,10 @@ def build_scorer(config: RLConfig, task: Task) -> Scorer:
 class LocalRollouts:
     """Samples and scores groups in this process: the rollout engine on `policy`, then the scorer."""
 
-    def __init__(self, policy: Any, tokenizer: Any, task: Task, examples: list[Example], scorer: Scorer) -> None:
+    def __init__(self, policy: Any, tokenizer: Any, task: Task, examples: list[Example], scorer: Scorer,
+                 prompt_cache: dict[int, list[int]] | None = None) -> None:
         self.policy, self.tokenizer, self.task, self.examples, self.scorer = policy, tokenizer, task, examples, scorer
-        self.prompt_cache: dict[int, list[int]] = {}
+        self.prompt_cache = {} if prompt_cache is None else prompt_cache  # example index -> rendered prompt ids
 
     def sample(self, indices: list[int], seeds: list[int], params: SamplingParams) -> StepData:
         """`params.n` completions of training problems `indices`, prompt i sampled with `seeds[i]`, scored."""
@@ -107,8 +93,8 @@ class LocalRollouts:
         generated = time.perf_counter()
         rows = [self.examples[i] for i in indices for _ in range(group)]
         texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rollouts.completion_token_lists()]
-        prompts = [tokenizer.decode(self.prompt_cache[i], skip_special_tokens=False) for i in indices
-                   for _ in range(group)]
+        texts_of = {i: tokenizer.decode(self.prompt_cache[i], skip_special_tokens=False) for i in set(indices)}
+        prompts = [texts_of[i] for i in indices for _ in range(group)]
         scores = self.scorer(rows, prompts, texts, rollouts.completion_lengths)
         return StepData(rollouts, rows, texts, scores, generate_seconds=generated - started,
                         score_seconds=time.perf_counter() - generated)
@@ -120,12 +106,17 @@ class RolloutSource(Protocol):
     def sample(self, indices: list[int], seeds: list[int], params: SamplingParams) -> StepData: ...
 
 
-def collect(config: RLConfig, source: RolloutSource, sampler: PromptSampler, tokenizer: Any, step: int) -> StepData:
+def collect(config: RLConfig, models: Any, task: Task, examples: list[Example], sampler: PromptSampler,
+            scorer: Scorer, prompt_cache: dict[int, list[int]], step: int, *,
+            source: RolloutSource | None = None) -> StepData:
     """Sample and score one step's groups; with dynamic sampling, only groups whose rewards differ.
 
-    Each prompt is sampled with a seed of its own, drawn from the step, the round and its position, so
-    the groups are the same however many processes sample them."""
-    group = config.num_generations
+    The groups come from `source` (rollout workers), or else from this process: `models.policy` on
+    `examples`, scored by `scorer`. Each prompt is sampled with a seed of its own, drawn from the step,
+    the round and its position, so the groups are the same however many processes sample them."""
+    tokenizer, group = models.tokenizer, config.num_generations
+    if source is None:
+        source = LocalRollouts(models.policy, tokenizer, task, examples, scorer, prompt_cache)
     parts: list[StepData] = []
     kept_groups, rounds, zero_share = 0, 0, 0.0
     while kept_groups < config.prompts_per_step:

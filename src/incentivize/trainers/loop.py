@@ -46,7 +46,7 @@ def epoch_batch(size: int, batch_size: int, seed: int, step: int) -> tuple[int, 
 class SupervisedTrainer(Trainer):
     """A trainer that makes one optimizer update per batch of `items` for `config.epochs` epochs.
     Subclasses load `model`, `items` and the parameters in `setup`, then call `make_optimizer`, and
-    implement `losses(batch)`: backpropagate the batch and return its stats."""
+    implement `losses(batch)`: backpropagate the batch, return its total loss and its stats."""
 
     config: SupervisedSettings
     items: Sequence[Any]
@@ -54,20 +54,22 @@ class SupervisedTrainer(Trainer):
 
     def make_optimizer(self, params: Sequence[torch.Tensor]) -> None:
         self.params = list(params)
+        for p in self.params:  # allocated once, before the first step, as after a resume: the same sums
+            p.grad = torch.zeros_like(p)
         self.optimizer = torch.optim.AdamW(self.params, lr=self.config.learning_rate,
                                            weight_decay=self.config.weight_decay)
         self.total_steps = math.ceil(len(self.items) / self.config.batch_size) * self.epochs
 
-    def losses(self, batch: list[Any]) -> dict[str, float]:
+    def losses(self, batch: list[Any]) -> tuple[float, dict[str, float]]:
         raise NotImplementedError
 
     def step(self, step: int) -> StepOutput:
         epoch, indices = epoch_batch(len(self.items), self.config.batch_size, self.config.seed, step)
-        self.optimizer.zero_grad(set_to_none=True)
-        stats = self.losses([self.items[i] for i in indices])
-        grad_norm, applied = clipped_step(self.optimizer, self.params, self.config.max_grad_norm,
-                                          sum(v for k, v in stats.items() if k.endswith("loss")))
-        self.optimizer.zero_grad(set_to_none=True)
+        # zeroed, not freed: the gradients stay allocated between steps, and layers that add theirs in
+        # place (the vocabulary matrices, `models.speed`) do so from the first micro-batch on
+        self.optimizer.zero_grad(set_to_none=False)
+        total, stats = self.losses([self.items[i] for i in indices])
+        grad_norm, applied = clipped_step(self.optimizer, self.params, self.config.max_grad_norm, total)
         lr = float(self.optimizer.param_groups[0]["lr"])
         return StepOutput({"epoch": epoch, **stats, "grad_norm": grad_norm, "lr": lr}, nonfinite=not applied)
 

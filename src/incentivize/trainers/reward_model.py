@@ -104,9 +104,10 @@ class RewardModelTrainer(SupervisedTrainer):
         if self.config.kind != "rm":
             write_solutions(run_dir / "solutions.jsonl", self.solutions)
 
-    def losses(self, batch: list[Any]) -> dict[str, float]:
+    def losses(self, batch: list[Any]) -> tuple[float, dict[str, float]]:
         self.model.train()
-        return backward_batch(self.config, self.model, self.lm_head, self.tokenizer, batch)
+        stats = backward_batch(self.config, self.model, self.lm_head, self.tokenizer, batch)
+        return stats["loss"] + self.config.lm_loss_weight * stats.get("lm_loss", 0.0), stats
 
     def evaluate(self, label: str, directory: Path) -> dict[str, Any] | None:
         if not self.validation:

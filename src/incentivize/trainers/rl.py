@@ -40,9 +40,7 @@ from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.models.speed import describe_paths
 from incentivize.tasks import Example, Task, chat_template_warning, load_task
-from incentivize.trainers.collect import (
-    LocalRollouts, RolloutSource, StepData, build_scorer, rollout_metrics, sample_rows, varies,
-)
+from incentivize.trainers.collect import StepData, build_scorer, rollout_metrics, sample_rows, varies
 from incentivize.trainers.collect import collect as _collect
 from incentivize.trainers.flat_state import FlatGradients, flatten_adam_state
 from incentivize.trainers.loop import clipped_step
@@ -84,12 +82,12 @@ class RLTrainer(Trainer):
             self.say(f"warning: {warning}")
         self.sampler = PromptSampler(len(self.train_examples), config.seed)
         self.learner = Learner(config, self.models)
-        self.source: RolloutSource = LocalRollouts(self.models.policy, self.models.tokenizer, self.task,
-                                                   self.train_examples, build_scorer(config, self.task))
+        self.scorer = build_scorer(config, self.task)
+        self.prompt_cache: dict[int, list[int]] = {}
         if config.num_rollout_workers:
             from incentivize.distributed.rollout import RolloutPool
 
-            self.source = self.pool = RolloutPool(config, self.models.speed_paths["linear"], self.say)
+            self.pool = RolloutPool(config, self.models.speed_paths["linear"], self.say)
         self.total_steps = config.max_steps
 
     def step(self, step: int) -> StepOutput:
@@ -97,7 +95,8 @@ class RLTrainer(Trainer):
         t0 = time.perf_counter()
         if self.pool is not None:
             self.pool.sync(self.models.policy)  # the weights of the last update (or of the restored checkpoint)
-        data = _collect(config, self.source, self.sampler, self.models.tokenizer, step)
+        data = _collect(config, self.models, self.task, self.train_examples, self.sampler, self.scorer,
+                        self.prompt_cache, step, source=self.pool)
         t1 = time.perf_counter()
         skipped, updates = learner.skipped_updates, learner.updates
         stats = learner.step(data, train_actor=step > config.critic_warmup_steps)
@@ -152,6 +151,10 @@ def _no_signal(config: RLConfig, data: StepData, metrics: dict[str, Any]) -> str
     rewards = data.scores.rewards.view(-1, config.num_generations if config.num_generations > 1 else len(data))
     if bool(varies(rewards).any()):
         return None
+    return "every reward of each group was equal; " + _likely_cause(config, data, metrics)
+
+
+def _likely_cause(config: RLConfig, data: StepData, metrics: dict[str, Any]) -> str:
     if metrics["truncated_share"] >= 0.5:
         return (f"{metrics['truncated_share']:.0%} of the completions were cut off at max_completion_length "
                 f"({config.max_completion_length}) before their answer: raise max_completion_length")
@@ -199,7 +202,7 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         flatten_adam_state(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.updates, self.skipped_updates = int(state["updates"]), int(state["skipped_updates"])
+        self.updates, self.skipped_updates = int(state.get("updates", 0)), int(state.get("skipped_updates", 0))
         if self.critic_optimizer is not None:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
 

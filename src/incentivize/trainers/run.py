@@ -17,8 +17,9 @@ held-out evaluation, the model a checkpoint holds, the final model). The run the
   checkpointing, and `max_nonfinite_steps` steps in a row whose update was skipped for a NaN;
 - ends with `final/`, `summary.json` and `report.html`.
 
-Directory layout: `config.yaml`, `metrics.jsonl`, `samples.jsonl`, `tensorboard/`, `eval-before/`,
-`eval-step-N/`, `eval-after/`, `checkpoints/step-NNNNNN/`, `final/`, `summary.json`, `report.html`.
+Directory layout: `config.yaml`, `metrics.jsonl`, `samples.jsonl`, TensorBoard's `events.out.tfevents.*`,
+`eval-before/`, `eval-step-N/`, `eval-after/`, `checkpoints/step-NNNNNN/`, `final/`, `summary.json`,
+`report.html`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from typing import Any
 import torch
 import yaml
 
-from incentivize.atomic import require_directory_path
+from incentivize.atomic import require_directory_path, write_text
 from incentivize.checkpoint import (
     latest_checkpoint, load_checkpoint, remove_partial_checkpoints, restore_rng, rng_state, save_checkpoint,
 )
@@ -128,6 +130,11 @@ class Trainer:
     def close(self) -> None:
         """Release what setup started (worker processes); called however the run ends."""
 
+    def trackers(self, report_to: list[str]) -> list[str]:
+        """The trackers of `report_to` this run logs to itself (a recipe whose stages are runs of their own
+        leaves wandb and mlflow to them: those open one run per process at a time)."""
+        return report_to
+
     def memory_advice(self) -> str:
         """What to lower when a step runs out of memory."""
         return "micro_batch_size (it changes memory, not the math)"
@@ -162,12 +169,12 @@ def run(trainer: Trainer, config: LifecycleSettings, *, name: str, resume: bool 
 
 def _run_steps(trainer: Trainer, config: LifecycleSettings, run_dir: Path, resume: bool, say: Say, progress: Progress,
                on_step: Callable[[int, dict[str, Any]], None] | None, started: float) -> RunResult:
-    lifecycle = _Lifecycle(trainer, config, run_dir, say)
+    lifecycle = _Lifecycle(trainer, config, run_dir, say, started)
     done = lifecycle.restore() if resume else lifecycle.create()
     if resume:
         say(f"resuming after step {done}")
-    before = lifecycle.read_eval("before") if resume else (lifecycle.evaluate("before") if config.eval_before else None)
     with lifecycle.open_logs(first_step=done + 1) as logs:
+        before = lifecycle.read_eval("before") if resume else (lifecycle.evaluate("before") if config.eval_before else None)
         with StopRequest(lambda: say("interrupt: finishing this step, then saving a checkpoint (Ctrl-C again to "
                                      "stop at once, without one)")) as stop:
             for step in range(done + 1, trainer.total_steps + 1):
@@ -181,11 +188,12 @@ def _run_steps(trainer: Trainer, config: LifecycleSettings, run_dir: Path, resum
                 if stopping:
                     raise TrainingInterrupted(f"interrupted after step {step}; checkpoint {checkpoint}; continue with: "
                                               f"incentivize train --resume {run_dir}", step, checkpoint)
+    trainer.save_final(run_dir / "final")  # first: whatever happens in the evaluation, the training is kept
     after = lifecycle.evaluate("after")
-    trainer.save_final(run_dir / "final")
-    seconds = time.perf_counter() - started
-    summary = {"before": before, "after": after, "seconds": seconds, **trainer.summary()}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    seconds = lifecycle.seconds()
+    summary = {"before": before, "after": after, "seconds": seconds, **trainer.summary(),
+               "config": config.model_dump(mode="json")}
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     _write_report(run_dir, say)
     return RunResult(run_dir, before, after, seconds, summary)
 
@@ -193,8 +201,9 @@ def _run_steps(trainer: Trainer, config: LifecycleSettings, run_dir: Path, resum
 class _Lifecycle:
     """The run directory of one trainer: its logs, evaluations, checkpoints and failure counters."""
 
-    def __init__(self, trainer: Trainer, config: LifecycleSettings, run_dir: Path, say: Say) -> None:
+    def __init__(self, trainer: Trainer, config: LifecycleSettings, run_dir: Path, say: Say, started: float) -> None:
         self.trainer, self.config, self.run_dir, self.say = trainer, config, run_dir, say
+        self.started, self.earlier_seconds = started, 0.0  # this session's start; the sessions' before it
         self.skipped_steps = 0  # steps with an update skipped for a NaN or infinite loss or gradient
         self.nonfinite_streak = 0  # such steps in a row, up to the last one
         self.zero_signal_streak = 0  # steps in a row with nothing to learn from
@@ -204,19 +213,22 @@ class _Lifecycle:
 
     def create(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(config_text(self.config), encoding="utf-8")
+        write_text(self.run_dir / "config.yaml", config_text(self.config))
         self.trainer.start(self.run_dir)
+        if self.state_only():  # a trainer whose state is all it has (a recipe): resumable from its start
+            self.save(0)
         return 0
+
+    def seconds(self) -> float:
+        """The run's training time so far, over all its sessions."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     def restore(self) -> int:
         """Load the newest complete checkpoint; drop the log rows of later steps; its step."""
         root = self.run_dir / "checkpoints"
         remove_partial_checkpoints(root)  # torn by the interruption: never loaded, now gone
         checkpoint = latest_checkpoint(root)
-        if checkpoint is None:
-            raise IncentivizeError(
-                f"cannot resume {self.run_dir}: no complete checkpoint in {root} (set save_steps to write them)"
-            )
+        assert checkpoint is not None  # checked before the setup (_resume_dir)
         model = self.trainer.checkpoint_model()
         try:
             state, info = load_checkpoint(checkpoint, model[0] if model else None, self.trainer.checkpoint_modules())
@@ -227,15 +239,15 @@ class _Lifecycle:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         self.zero_signal_streak = int(state.get("zero_signal_streak", 0))
+        self.earlier_seconds = float(state.get("seconds", 0.0))
         step = int(info["step"])
-        if step >= self.trainer.total_steps and (self.run_dir / "summary.json").exists():
-            raise IncentivizeError(_finished_message(self.run_dir))
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_jsonl(self.run_dir / name, step)
         return step
 
     def open_logs(self, first_step: int) -> _Logs:
-        return _Logs(self.run_dir, self.config, resume_step=first_step if first_step > 1 else None)
+        return _Logs(self.run_dir, self.config, self.trainer.trackers(list(self.config.report_to)), self.say,
+                     resume_step=first_step if first_step > 1 else None)
 
     # ------------------------------------------------------------------ steps
 
@@ -258,7 +270,7 @@ class _Lifecycle:
         metrics.setdefault("time/step", time.perf_counter() - t0)
         if self.config.eval_steps and step % self.config.eval_steps == 0 and step < self.trainer.total_steps:
             held_out = self.evaluate(f"step-{step}") or {}
-            metrics |= {f"eval/{k}": v for k, v in held_out.items() if isinstance(v, (int, float)) and k != "problems"}
+            metrics |= {f"eval/{k}": v for k, v in held_out.items() if isinstance(v, float)}
         logs.write(step, metrics, output.samples)
         self.check_signal(step, output.no_signal)
         if self.nonfinite_streak >= self.config.max_nonfinite_steps:
@@ -278,20 +290,20 @@ class _Lifecycle:
         if limit and self.zero_signal_streak >= limit:
             raise IncentivizeError(
                 f"step {step}: nothing to learn in {self.zero_signal_streak} steps in a row (max_zero_signal_steps): "
-                f"every reward of a group was equal; {no_signal}; {self.newest_checkpoint_text()}"
+                f"{no_signal}; {self.newest_checkpoint_text()}"
             )
         if not self.warned_zero_signal:
             self.warned_zero_signal = True
-            self.say(f"warning: step {step} had nothing to learn from (every reward of a group was equal); {no_signal}")
+            self.say(f"warning: step {step} had nothing to learn from: {no_signal}")
 
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, label: str) -> dict[str, Any] | None:
         directory = self.run_dir / f"eval-{label}"
+        shutil.rmtree(directory, ignore_errors=True)  # what an interrupted session left there is out of date
         metrics = self.trainer.evaluate(label, directory)
         if metrics is not None and not (directory / "results.json").exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / "results.json").write_text(json.dumps({"metrics": metrics}, indent=2) + "\n")
+            write_text(directory / "results.json", json.dumps({"metrics": metrics}, indent=2) + "\n")
         return metrics
 
     def read_eval(self, label: str) -> dict[str, Any] | None:
@@ -304,10 +316,12 @@ class _Lifecycle:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def state_only(self) -> bool:
+        """Whether a checkpoint holds only the trainer's state (no model): cheap enough after every step."""
+        return self.trainer.checkpoint_model() is None and not self.trainer.checkpoint_modules()
+
     def checkpoint_due(self, step: int) -> bool:
-        if self.trainer.checkpoint_model() is None and not self.trainer.checkpoint_modules():
-            return True  # only the trainer's state: cheap enough after every step
-        return bool(self.config.save_steps) and step % self.config.save_steps == 0
+        return self.state_only() or (bool(self.config.save_steps) and step % self.config.save_steps == 0)
 
     def save(self, step: int) -> Path:
         """Checkpoint `step`; a failed write (a full disk) leaves the previous checkpoint and stops with one line."""
@@ -315,7 +329,7 @@ class _Lifecycle:
         model, tokenizer = self.trainer.checkpoint_model() or (None, None)
         state = self.trainer.state_dict() | {"rng": rng_state(), "skipped_steps": self.skipped_steps,
                                              "nonfinite_streak": self.nonfinite_streak,
-                                             "zero_signal_streak": self.zero_signal_streak}
+                                             "zero_signal_streak": self.zero_signal_streak, "seconds": self.seconds()}
         try:
             info = {"total_steps": self.trainer.total_steps, "config": self.config.model_dump(mode="json")}
             return save_checkpoint(root, step, model, tokenizer, state, info, self.config.save_total_limit,
@@ -334,9 +348,10 @@ class _Lifecycle:
 class _Logs:
     """metrics.jsonl, samples.jsonl and the trackers of `report_to`, open for the steps of one session."""
 
-    def __init__(self, run_dir: Path, config: LifecycleSettings, resume_step: int | None) -> None:
-        self.trackers = open_trackers(config.report_to, run_dir, config.model_dump(mode="json"), run_name=run_dir.name,
-                                      resume_step=resume_step)
+    def __init__(self, run_dir: Path, config: LifecycleSettings, report_to: list[str], say: Say,
+                 resume_step: int | None) -> None:
+        self.trackers = open_trackers(report_to, run_dir, config.model_dump(mode="json"), run_name=run_dir.name,
+                                      resume_step=resume_step, on_error=lambda text: say(f"warning: {text}"))
         self.metrics = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         self.samples = (run_dir / "samples.jsonl").open("a", encoding="utf-8")
 
@@ -366,7 +381,8 @@ class _Logs:
 def _new_run_dir(config: LifecycleSettings, name: str) -> Path:
     """Where a new run will go (created once the setup has loaded); a directory holding another run is refused."""
     if not config.output_dir:
-        return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        stem = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return next(p for p in (stem, *(Path(f"{stem}-{i}") for i in range(2, 1000))) if not p.exists())
     run_dir = Path(config.output_dir)
     require_directory_path(run_dir, "--output-dir")
     for marker in ("metrics.jsonl", "final", "summary.json"):
@@ -383,21 +399,15 @@ def _new_run_dir(config: LifecycleSettings, name: str) -> Path:
 
 
 def _resume_dir(config: LifecycleSettings) -> Path:
-    """The run to continue, checked before anything loads: its config.yaml must still be the config its
-    newest checkpoint was written with (but for the keys `RESUMABLE` allows to change)."""
+    """The run to continue, checked before anything loads: its config.yaml is still the config its newest
+    checkpoint was written with (but for the keys `RESUMABLE` allows to change), it has a complete
+    checkpoint, and it is not finished (unless `max_steps` or `epochs` grew)."""
     if not config.output_dir or not (Path(config.output_dir) / "config.yaml").exists():
         raise IncentivizeError(f"cannot resume {config.output_dir}: it holds no run (config.yaml missing)")
     run_dir = Path(config.output_dir)
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    try:
-        info = json.loads((checkpoint / "trainer_state.json").read_text()) if checkpoint else {}
-        saved = info.get("config")
-    except (OSError, ValueError, AttributeError):
-        info, saved = {}, None  # restoring reports an unreadable checkpoint
     now = config.model_dump(mode="json")
-    same = isinstance(saved, dict) and {**saved, "output_dir": None} == {**now, "output_dir": None}
-    if same and info.get("step") == info.get("total_steps") and (run_dir / "summary.json").exists():
-        raise IncentivizeError(_finished_message(run_dir))  # said now, before the models load
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    saved = _read_json(checkpoint / "trainer_state.json").get("config") if checkpoint else None
     if isinstance(saved, dict):
         changed = [k for k in now if k in saved and k not in config.RESUMABLE and saved[k] != now[k]]
         if changed:
@@ -406,7 +416,25 @@ def _resume_dir(config: LifecycleSettings) -> Path:
                 f"cannot resume {run_dir}: its config.yaml differs from the config of {checkpoint} ({diff}); "
                 "put the old values back, or start a new run with the new ones"
             )
+    if checkpoint is None:
+        raise IncentivizeError(f"cannot resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'} (set "
+                               "save_steps to write them)")
+    finished = _read_json(run_dir / "summary.json")
+    if isinstance(finished.get("config"), dict) and all(finished["config"].get(k) == now.get(k) for k in GROWING):
+        raise IncentivizeError(_finished_message(run_dir))
     return run_dir
+
+
+GROWING = ("max_steps", "epochs")  # keys that extend a finished run when raised
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; {} when it is missing or unreadable (the caller reports what that means)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _finished_message(run_dir: Path) -> str:
@@ -430,9 +458,7 @@ def truncate_jsonl(path: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue  # a line torn by the interruption
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    partial.replace(path)
+    write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def _write_report(run_dir: Path, say: Say) -> None:

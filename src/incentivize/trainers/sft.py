@@ -55,9 +55,10 @@ class SFTTrainer(SupervisedTrainer):
         self.say(f"{len(self.items)} solutions, {config.epochs} epochs ({self.total_steps} steps); "
                  f"{len(self.held_out)} held-out problems")
 
-    def losses(self, batch: list[Encoded]) -> dict[str, float]:
+    def losses(self, batch: list[Encoded]) -> tuple[float, dict[str, float]]:
         self.model.train()
-        return {"loss": _backward(self.model, batch, self.config.micro_batch_size, self.tokenizer.pad_token_id or 0)}
+        loss = _backward(self.model, batch, self.config.micro_batch_size, self.tokenizer.pad_token_id or 0)
+        return loss, {"loss": loss}
 
     def evaluate(self, label: str, directory: Path) -> dict[str, Any]:
         self.say(f"evaluating {label} on {len(self.held_out)} held-out problems")
