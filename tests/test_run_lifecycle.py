@@ -34,17 +34,18 @@ def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _kill_after_checkpoint(args, run, step):
-    """Start `incentivize train ARGS --output-dir RUN` and SIGKILL it once checkpoint `step` is complete."""
+def _kill_after_checkpoint(args, run, step, inside=""):
+    """Start `incentivize train ARGS --output-dir RUN` and SIGKILL it once checkpoint `step` of RUN (or of its
+    stage `inside`) is complete."""
     process = subprocess.Popen([sys.executable, "-m", "incentivize.cli", "train", *args, "--output-dir", str(run)],
                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = run / "checkpoints" / f"step-{step:06d}" / "trainer_state.json"
+    marker = run / inside / "checkpoints" / f"step-{step:06d}" / "trainer_state.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not marker.exists() and process.poll() is None:
         time.sleep(0.02)
     process.kill()
     process.wait()
-    assert marker.exists() and not (run / "final").exists(), "the run ended before it could be interrupted"
+    assert marker.exists() and not (run / "summary.json").exists(), "the run ended before it could be interrupted"
 
 
 def _assert_same_run(resumed, reference, keys):
@@ -80,20 +81,39 @@ def test_sft_and_reward_model_resume_after_kill_9_exactly(tmp_path, args, kill_a
     assert finished.returncode == 2 and "is finished" in finished.stderr
 
 
-def test_the_verifier_recipe_resumes_after_its_finished_stages(tmp_path):
-    args = ["verifier", "--model", "tiny-random", "--set", "sft_epochs=1", "--set", "sft_examples=8",
-            "--set", "num_problems=4", "--set", "samples_per_problem=2", "--set", "max_completion_length=8",
-            "--set", "eval_samples=4", "--set", "eval_limit=2"]
-    reference = tmp_path / "reference"
-    assert _cli("train", *args, "--output-dir", reference).returncode == 0
+RECIPE = ["verifier", "--model", "tiny-random", "--set", "sft_epochs=1", "--set", "sft_examples=48",
+          "--set", "num_problems=4", "--set", "samples_per_problem=2", "--set", "max_completion_length=8",
+          "--set", "eval_samples=4", "--set", "eval_limit=2", "--set", "save_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def recipe_reference(tmp_path_factory):
+    reference = tmp_path_factory.mktemp("recipe") / "reference"
+    done = _cli("train", *RECIPE, "--output-dir", reference)
+    assert done.returncode == 0, done.stderr
+    return reference
+
+
+def test_the_verifier_recipe_resumes_after_its_finished_stages(tmp_path, recipe_reference):
     run = tmp_path / "run"
-    _kill_after_checkpoint(args, run, 1)  # the generator stage is finished, the verifier's under way or not begun
+    _kill_after_checkpoint(RECIPE, run, 1)  # the generator stage is finished, the verifier's under way or not begun
     generator = (run / "generator" / "final" / "model.safetensors").stat().st_mtime_ns
     resumed = _cli("train", "--resume", run)
     assert resumed.returncode == 0, resumed.stderr
     assert "stage 1/3" not in resumed.stderr and "stage 2/3" in resumed.stderr
     assert (run / "generator" / "final" / "model.safetensors").stat().st_mtime_ns == generator  # not trained again
-    summaries = [json.loads((r / "summary.json").read_text()) for r in (run, reference)]
+    summaries = [json.loads((r / "summary.json").read_text()) for r in (run, recipe_reference)]
+    assert summaries[0]["metrics"] == summaries[1]["metrics"]
+
+
+def test_the_verifier_recipe_resumes_inside_its_first_stage(tmp_path, recipe_reference):
+    run = tmp_path / "run"
+    _kill_after_checkpoint(RECIPE, run, 1, inside="generator")  # the generator's first step is checkpointed
+    resumed = _cli("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after step 1" in resumed.stderr  # the generator's run continued from its checkpoint
+    _assert_same_run(run / "generator", recipe_reference / "generator", ("loss", "grad_norm"))
+    summaries = [json.loads((r / "summary.json").read_text()) for r in (run, recipe_reference)]
     assert summaries[0]["metrics"] == summaries[1]["metrics"]
 
 
