@@ -1,5 +1,6 @@
-"""Rollout workers on Ray (`incentivize.distributed`): the same groups and the same learning whatever the
-number of workers, a killed worker restarted and its round sampled again, and no Ray at all without them.
+"""Scale-out (`incentivize.distributed`): rollout workers give the same groups and the same learning whatever
+their number, a killed worker is restarted and its round sampled again, and there is no Ray at all
+without them; data-parallel learners take the steps of one learner, and a killed one stops the run cleanly.
 
 Each run is a real `incentivize train` process with a local Ray of its own and one CPU thread per process,
 so that runs are reproducible bit for bit.
@@ -9,8 +10,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
+
+from incentivize.checkpoint import latest_checkpoint
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 COMPARED = ("reward_mean", "reward_std", "accuracy", "loss", "grad_norm", "entropy", "completion_length",
@@ -101,3 +106,69 @@ def test_a_ray_address_nobody_answers_is_one_line_within_seconds(tmp_path, rewar
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ray_address 127.0.0.1:9: no Ray cluster answers there" in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def _learn(run, learners, reward_file, algorithm="grpo", *extra, wait=True):
+    args = ["model=tiny-random", "max_steps=2", "num_generations=4", "generation_batch_size=16",
+            "max_completion_length=12", "learning_rate=1e-3", "beta=0.04", "eval_before=false", "eval_limit=2",
+            "report_to=none", f"rewards=[{reward_file}:length]", f"num_learners={learners}", *extra]
+    if algorithm == "ppo":
+        args += ["num_generations=1", "generation_batch_size=4", "critic_warmup_steps=0"]
+    command = [sys.executable, "-m", "incentivize.cli", "train", algorithm, "--output-dir", str(run),
+               *[item for a in args for item in ("--set", a)]]
+    if not wait:
+        return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_two_learners_take_the_same_steps_as_one(tmp_path, reward_file, algorithm):
+    """Each of 2 learners trains on half of the groups; with the gradients summed over the process group and
+    the loss normalised by the whole batch, the loss, the gradient norm and the weights after 2 steps are
+    those of one learner on the same batches (the reference log-probabilities, and PPO's critic values,
+    gathered from both)."""
+    from safetensors.torch import load_file
+
+    runs = [tmp_path / f"learners-{n}" for n in (1, 2)]
+    for n, run in zip((1, 2), runs):
+        done = _learn(run, n, reward_file, algorithm)
+        assert done.returncode == 0, done.stderr
+    assert "2 learners in one process group" in done.stderr
+    one, two = (_rows(run / "metrics.jsonl") for run in runs)
+    for x, y in zip(one, two, strict=True):
+        for key in ("loss", "grad_norm", "kl", "entropy", "value_loss"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-7), (x["step"], key)
+    assert one[-1]["grad_norm"] > 0
+    weights = [load_file(run / "final" / "model.safetensors") for run in runs]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_learners_that_do_not_divide_the_groups_are_one_line(tmp_path, reward_file):
+    done = _learn(tmp_path / "run", 3, reward_file)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "num_learners (3) must divide the groups" in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_learner_stops_the_run_with_one_line_and_its_checkpoint_intact(tmp_path, reward_file):
+    run = tmp_path / "run"
+    process = _learn(run, 2, reward_file, "grpo", "max_steps=6", "save_steps=1", wait=False)
+    marker = run / "checkpoints" / "step-000001" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not marker.exists() and process.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), process.communicate()[1]
+    subprocess.run(["pkill", "-9", "-f", "ray::LearnerActor"], check=False)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2, stderr
+    assert time.monotonic() - started < 150  # no hang
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "learner" in errors[0] and "--resume" in errors[0], stderr
+    assert latest_checkpoint(run / "checkpoints") is not None and not (run / "final").exists()
+    resumed = subprocess.run([sys.executable, "-m", "incentivize.cli", "train", "--resume", str(run)], env=ENV,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["step"] for r in _rows(run / "metrics.jsonl")] == list(range(1, 7))

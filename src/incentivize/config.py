@@ -59,7 +59,7 @@ class RLConfig(LifecycleSettings):
     """Everything an RL run needs. Units: lengths in tokens, steps in optimizer steps of one rollout batch."""
 
     # where the samples are drawn changes nothing about them (each prompt has its own seed)
-    RESUMABLE = LifecycleSettings.RESUMABLE | {"num_rollout_workers", "ray_address"}
+    RESUMABLE = LifecycleSettings.RESUMABLE | {"num_rollout_workers", "num_learners", "ray_address"}
 
     # what to train, on what
     algorithm: Algorithm = "grpo"
@@ -132,6 +132,9 @@ class RLConfig(LifecycleSettings):
     num_rollout_workers: int = Field(
         default=0, ge=0, description="Ray actors that sample and score the groups (0: this process; no Ray)"
     )
+    num_learners: int = Field(
+        default=1, ge=1, description="processes that share each step's batch, data-parallel (1: this process; no Ray)"
+    )
     ray_address: str | None = Field(
         default=None, description="the Ray cluster of the workers ('auto', host:port); default a local Ray for the run"
     )
@@ -159,6 +162,11 @@ class RLConfig(LifecycleSettings):
             )
         if self.advantage in ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline", "grpo_process") and self.num_generations < 2:
             raise ValueError(f"advantage {self.advantage!r} compares samples of a group: num_generations must be >= 2")
+        if self.prompts_per_step % self.num_learners:
+            raise ValueError(
+                f"num_learners ({self.num_learners}) must divide the groups of a step (generation_batch_size / "
+                f"num_generations = {self.prompts_per_step}): each learner trains on whole groups"
+            )
         if self.reward_weights is not None and len(self.reward_weights) != 1 + len(self.rewards):
             raise ValueError(
                 f"reward_weights has {len(self.reward_weights)} entries; it needs 1 + len(rewards) = {1 + len(self.rewards)}"

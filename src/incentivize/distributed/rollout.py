@@ -33,11 +33,11 @@ class RolloutPool:
     """`num_rollout_workers` Ray actors behind the interface of `LocalRollouts.sample`."""
 
     def __init__(self, config: RLConfig, linear_kernel: str, say: Callable[[str], None]) -> None:
-        ray = _import_ray()
+        ray = import_ray("num_rollout_workers")
         started = time.perf_counter()
         self.ray, self.owns_ray = ray, not ray.is_initialized()
         if self.owns_ray:
-            _start_ray(ray, config)
+            start_ray(ray, config)
         worker = ray.remote(num_cpus=1, max_restarts=RETRIES, max_task_retries=0)(RolloutWorker)
         settings = config.model_dump(mode="json")
         self.workers = [worker.remote(settings, linear_kernel) for _ in range(config.num_rollout_workers)]
@@ -160,17 +160,18 @@ def _split(count: int, parts: int) -> list[slice]:
     return bounds
 
 
-def _import_ray() -> Any:
+def import_ray(key: str) -> Any:
     try:
         import ray
     except ImportError:
-        raise IncentivizeError("num_rollout_workers needs Ray: pip install 'incentivize[distributed]' "
-                               "(or set num_rollout_workers=0)") from None
+        raise IncentivizeError(f"{key} needs Ray: pip install 'incentivize[distributed]' (or leave {key} at its "
+                               "default)") from None
     return ray
 
 
-def _start_ray(ray: Any, config: RLConfig) -> None:
-    """A local Ray for this run (as many CPUs as workers), or a connection to the cluster at `ray_address`."""
+def start_ray(ray: Any, config: RLConfig) -> None:
+    """A local Ray for this run (a CPU for each worker and each learner but this process's), or a connection
+    to the cluster at `ray_address`."""
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if config.ray_address and config.ray_address != "auto":
         _reachable(config.ray_address)
@@ -178,7 +179,7 @@ def _start_ray(ray: Any, config: RLConfig) -> None:
         if config.ray_address:
             ray.init(address=config.ray_address, **options)
         else:
-            ray.init(num_cpus=config.num_rollout_workers, **options)
+            ray.init(num_cpus=config.num_rollout_workers + config.num_learners - 1, **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"ray_address {config.ray_address}" if config.ray_address else "a local Ray"
         raise IncentivizeError(f"could not start the rollout workers on {where}: {describe(err)}") from None

@@ -47,6 +47,7 @@ from incentivize.trainers.loop import clipped_step
 from incentivize.trainers.policy import Batch, Models, SharedPrompts, build_models, token_logprobs, token_values
 from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer, run
 from incentivize.trainers.sampler import PromptSampler
+from incentivize.trainers.shard import Shard
 
 
 def train(config: RLConfig, *, on_step: Callable[[int, dict[str, Any]], None] | None = None,
@@ -68,6 +69,7 @@ class RLTrainer(Trainer):
     def __init__(self, config: RLConfig) -> None:
         self.config = config
         self.pool: Any = None  # rollout workers, with num_rollout_workers
+        self.learners: Any = None  # the other learner processes, with num_learners
 
     def setup(self, context: RunContext) -> None:
         config, self.say = self.config, context.say
@@ -88,6 +90,10 @@ class RLTrainer(Trainer):
             from incentivize.distributed.rollout import RolloutPool
 
             self.pool = RolloutPool(config, self.models.speed_paths["linear"], self.say)
+        if config.num_learners > 1:
+            from incentivize.distributed.learners import LearnerGroup
+
+            self.learners = LearnerGroup(config, self.learner, self.models.speed_paths["linear"], self.say)
         self.total_steps = config.max_steps
 
     def step(self, step: int) -> StepOutput:
@@ -99,7 +105,9 @@ class RLTrainer(Trainer):
                         self.prompt_cache, step, source=self.pool)
         t1 = time.perf_counter()
         skipped, updates = learner.skipped_updates, learner.updates
-        stats = learner.step(data, train_actor=step > config.critic_warmup_steps)
+        train_actor = step > config.critic_warmup_steps
+        stats = (learner.step(data, train_actor) if self.learners is None
+                 else self.learners.step(data, train_actor, self.models))
         t2 = time.perf_counter()
         metrics = {**rollout_metrics(data), **stats, "time/generate": data.generate_seconds,
                    "time/score": data.score_seconds, "time/learn": t2 - t1, "time/step": t2 - t0,
@@ -110,8 +118,9 @@ class RLTrainer(Trainer):
         return StepOutput(metrics, sample_rows(data), nonfinite, no_signal=_no_signal(config, data, metrics))
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
+        for group in (self.learners, self.pool):  # the learners first: the pool may own the Ray they run on
+            if group is not None:
+                group.close()
 
     def state_dict(self) -> dict[str, Any]:
         return self.learner.state_dict() | {"sampler": self.sampler.state_dict()}
@@ -190,6 +199,7 @@ class Learner:
         # the run stops after `max_nonfinite_steps` steps in a row with such an update.
         self.updates = 0  # optimizer updates made or attempted, actor and critic, over the run
         self.skipped_updates = 0  # of those, the ones not applied
+        self.shard = Shard()  # this process's rows; a data-parallel group replaces it (incentivize.distributed)
 
     def state_dict(self) -> dict[str, Any]:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -213,7 +223,8 @@ class Learner:
         valid = ~torch.isnan(data.scores.rewards)  # (B,)
         mask = rollouts.completion_mask.float() * valid[:, None]  # (B, T)
         old_logp = rollouts.logprobs  # sampled by the current weights: the behaviour policy
-        chunks = _chunks(len(rollouts), config.micro_batch_size)
+        # this process's rows (all of them unless learners share the batch), in micro-batches
+        chunks = _chunks(self.shard.rows(len(rollouts), config.num_generations), config.micro_batch_size)
 
         ref_logp = None
         started = time.perf_counter()
@@ -226,12 +237,12 @@ class Learner:
                                                 share_prompt=config.share_prompt, grad=False, prompts=prompts)[0])
                     if prompts is not None:
                         prompts.release(c.stop)
-                ref_logp = torch.cat(parts)
+                ref_logp = self._whole(parts, chunks, old_logp)
         reference_seconds = time.perf_counter() - started
         old_values = None
         if models.critic is not None:
             with torch.no_grad():
-                old_values = torch.cat([token_values(models.critic, batch.rows(c)) for c in chunks])
+                old_values = self._whole([token_values(models.critic, batch.rows(c)) for c in chunks], chunks, old_logp)
         kl_in_reward = ref_logp is not None and config.kl_in == "reward"
         advantages = compute_advantages(
             config.advantage,
@@ -253,6 +264,15 @@ class Learner:
         if models.critic is not None and advantages.returns is not None and old_values is not None:
             stats |= self._update_critic(batch, chunks, mask, old_values, advantages.returns)
         return stats | {"skipped_updates": float(self.skipped_updates)}
+
+    def _whole(self, parts: list[torch.Tensor], chunks: list[slice], like: torch.Tensor) -> torch.Tensor:
+        """The per-token results of this process's `chunks`, joined with the other processes' into the
+        (B, T) tensor of the whole batch (the advantages need every row)."""
+        whole = torch.zeros_like(like)
+        for c, part in zip(chunks, parts):
+            whole[c] = part
+        self.shard.reduce([whole])
+        return whole
 
     def _update_actor(self, batch: Batch, chunks: list[slice], mask: torch.Tensor, old_logp: torch.Tensor,
                       ref_logp: torch.Tensor | None, advantages: torch.Tensor, normalizer: Any) -> dict[str, float]:
@@ -293,9 +313,12 @@ class Learner:
                     if entropy is not None:
                         totals["entropy"] = totals.get("entropy", 0.0) + weight * _masked_mean(entropy, mask[c])
             started = time.perf_counter()
+            self.shard.reduce(self.gradients.buffers)  # the whole batch's gradient in every process
+            loss_sum = self.shard.reduce_numbers({"loss": loss_sum})["loss"]
             grad_norm = self._apply(self.optimizer, params, loss_sum)
             clock["optimizer"] += time.perf_counter() - started
             if iteration == 0:
+                totals = self.shard.reduce_numbers(totals)
                 totals["loss"], totals["grad_norm"] = loss_sum, grad_norm
         return totals | {f"time/{phase}": seconds for phase, seconds in clock.items()}
 
@@ -322,6 +345,8 @@ class Learner:
                 loss = (per_token * mask[c]).sum() / tokens
                 loss.backward()
                 loss_sum += float(loss.detach())
+            self.shard.reduce([p.grad for p in critic.parameters() if p.grad is not None])
+            loss_sum = self.shard.reduce_numbers({"value_loss": loss_sum})["value_loss"]
             self._apply(optimizer, list(critic.parameters()), loss_sum)
             optimizer.zero_grad(set_to_none=True)
             totals["value_loss"] = loss_sum
@@ -353,8 +378,9 @@ def _schedule(config: RLConfig) -> Callable[[int], float]:
     return factor
 
 
-def _chunks(size: int, micro: int) -> list[slice]:
-    return [slice(i, min(i + micro, size)) for i in range(0, size, micro)]
+def _chunks(rows: slice, micro: int) -> list[slice]:
+    start, stop = rows.start or 0, rows.stop
+    return [slice(i, min(i + micro, stop)) for i in range(start, stop, micro)]
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
