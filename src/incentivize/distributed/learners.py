@@ -69,7 +69,7 @@ class LearnerGroup:
         if not self.synced:  # rank 0 may have restored a checkpoint: the others start from its state
             weights = {n: p.detach() for n, p in models.policy.named_parameters() if p.requires_grad}
             critic = models.critic.state_dict() if models.critic is not None else None
-            state = self.ray.put((weights, critic, self.learner.state_dict()))
+            state = self.ray.put(_compact((weights, critic, self.learner.state_dict())))
             self._get([a.load.remote(state) for a in self.actors])
             self.synced = True
         others = [a.step.remote(data, train_actor) for a in self.actors]
@@ -130,6 +130,19 @@ class LearnerActor:
 
     def step(self, data: Any, train_actor: bool) -> dict[str, float]:
         return dict(self.learner.step(data, train_actor))
+
+
+def _compact(value: Any) -> Any:
+    """`value` with every tensor copied into storage of its own. The optimizer's moments are views of one
+    flat buffer (`trainers/flat_state.py`), and serialising a view sends its whole storage: hundreds of
+    times the model's size for a few hundred parameters."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _compact(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_compact(item) for item in value)
+    return value
 
 
 def _free_port() -> int:
