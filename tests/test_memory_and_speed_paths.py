@@ -171,6 +171,7 @@ class _PlainGradients:
 
     def __init__(self, params):
         self.params = list(params)
+        self.buffers = []  # FlatGradients' buffers, which a group of learners sums: none here (one process)
 
     def zero(self):
         for p in self.params:
