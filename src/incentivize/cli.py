@@ -166,14 +166,18 @@ def report_command(
 @app.command("train")
 def train_command(
     algorithm: Annotated[str, typer.Argument(help="grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo; "
-                                                  "orm, prm, rm (reward models); sft; verifier (Cobbe et al.'s recipe)")] = "grpo",
+                                                  "orm, prm, rm (reward models); sft; dpo, simpo, kto (preferences); "
+                                                  "verifier (Cobbe et al.'s recipe)")] = "grpo",
     config: Annotated[Optional[Path], typer.Option(help="YAML file of config keys")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override one key: --set beta=0.04 (repeatable)")] = None,
     model: Annotated[Optional[str], typer.Option(help="shortcut for --set model=...")] = None,
     task: Annotated[Optional[str], typer.Option(help="shortcut for --set task=...")] = None,
     output_dir: Annotated[Optional[str], typer.Option(help="run directory (default runs/<algorithm>-<task>-<time>)")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue this run directory from its newest checkpoint")] = None,
-    data: Annotated[Optional[str], typer.Option(help="shortcut for --set data=... (rm: pairs JSONL; prm: PRM800K JSONL)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="shortcut for --set data=... (rm, dpo, simpo: pairs JSONL; kto: "
+                                                     "labelled answers; prm: PRM800K JSONL)")] = None,
+    pairs: Annotated[Optional[str], typer.Option(help="dpo, simpo: 'self' samples pairs from the policy and the "
+                                                      "task's verifier each round (shortcut for --set pairs=self)")] = None,
     reward: Annotated[Optional[list[str]], typer.Option(
         help="RL: one more reward (repeatable): path/to/file.py:function, or a trained reward model orm:DIR, prm:DIR, rm:DIR"
     )] = None,
@@ -182,11 +186,13 @@ def train_command(
     (orm, prm, rm) or the verifier recipe; --resume continues any of them. With no arguments: GRPO on
     SmolLM2-135M-Instruct on arithmetic, on CPU."""
     from incentivize.config import (
-        SFTConfig, VerifierRecipeConfig, load_config, load_reward_config, load_run_config, load_settings,
+        PREFERENCE_PRESETS, SFTConfig, VerifierRecipeConfig, load_config, load_preference_config, load_reward_config,
+        load_run_config, load_settings,
     )
 
-    rl = algorithm not in (*REWARD_MODEL_KINDS, "sft", "verifier")
-    shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir), ("data", data)) if v]
+    rl = algorithm not in (*REWARD_MODEL_KINDS, *PREFERENCE_PRESETS, "sft", "verifier")
+    shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir), ("data", data),
+                                          ("pairs", pairs)) if v]
     if resume is not None:
         if config is not None or shortcuts or set_ or reward:
             raise IncentivizeError(
@@ -197,7 +203,9 @@ def train_command(
         return
     if reward and not rl:
         raise IncentivizeError(f"--reward is for RL training; train {algorithm} takes none")
-    if data is not None and algorithm not in REWARD_MODEL_KINDS:
+    if pairs is not None and algorithm not in PREFERENCE_PRESETS:
+        raise IncentivizeError(f"--pairs is for train dpo|simpo; train {algorithm} takes none")
+    if data is not None and algorithm not in (*REWARD_MODEL_KINDS, *PREFERENCE_PRESETS):
         raise IncentivizeError(f"--data is for train orm|prm|rm; for {'RL' if rl else algorithm} give the task's data "
                                "with --set task_options.data=FILE")
     overrides = shortcuts + list(set_ or [])
@@ -208,6 +216,8 @@ def train_command(
         settings = load_settings(SFTConfig, config, overrides)
     elif algorithm == "verifier":
         settings = load_settings(VerifierRecipeConfig, config, overrides)
+    elif algorithm in PREFERENCE_PRESETS:
+        settings = load_preference_config(algorithm, config, overrides)
     else:
         settings = load_reward_config(algorithm, config, overrides)
     _run_training(settings, resume=False)
@@ -218,7 +228,7 @@ REWARD_MODEL_KINDS = ("orm", "prm", "rm")
 
 def _run_training(settings: Any, *, resume: bool) -> None:
     """Train `settings` (any trainer's config) with progress bars, then print what it achieved."""
-    from incentivize.config import RewardModelConfig, RLConfig, SFTConfig
+    from incentivize.config import PreferenceConfig, RewardModelConfig, RLConfig, SFTConfig
     from incentivize.trainers.interrupt import TrainingInterrupted
 
     run: Callable[..., Any]
@@ -234,6 +244,13 @@ def _run_training(settings: Any, *, resume: bool) -> None:
         from incentivize.trainers.sft import train_sft
 
         run, title, made = train_sft, f"held-out ({settings.eval_limit} problems)", "fine-tuned model"
+    elif isinstance(settings, PreferenceConfig):
+        from incentivize.trainers.preference import train_preference
+
+        source = "pairs sampled by the policy, each round" if settings.pairs == "self" else settings.data
+        console.print(f"{settings.algorithm} ({settings.loss_type}, beta {settings.beta}) on {settings.model}, data: "
+                      f"{source}", highlight=False)
+        run, title, made = train_preference, "validation pairs and held-out problems", "model"
     elif isinstance(settings, RewardModelConfig):
         from incentivize.trainers.reward_model import train_reward_model
 

@@ -55,7 +55,18 @@ class LifecycleSettings(BaseModel):
     )
 
 
-class RLConfig(LifecycleSettings):
+class LoraSettings(BaseModel):
+    """LoRA through peft: with `use_peft`, only adapters train and the reference is the base model with the
+    adapters disabled (no second copy of the model)."""
+
+    use_peft: bool = False
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] | str = "all-linear"
+
+
+class RLConfig(LoraSettings, LifecycleSettings):
     """Everything an RL run needs. Units: lengths in tokens, steps in optimizer steps of one rollout batch."""
 
     # where the samples are drawn changes nothing about them (each prompt has its own seed)
@@ -138,13 +149,6 @@ class RLConfig(LifecycleSettings):
     ray_address: str | None = Field(
         default=None, description="the Ray cluster of the workers ('auto', host:port); default a local Ray for the run"
     )
-
-    # LoRA (peft)
-    use_peft: bool = False
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
-    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    lora_target_modules: list[str] | str = "all-linear"
 
     # evaluation, logging, checkpoints
     eval_limit: int = Field(default=100, ge=1, description="held-out problems per evaluation")
@@ -250,11 +254,11 @@ def load_reward_config(kind: str, path: str | Path | None = None, overrides: lis
 
 
 def load_settings(schema: type[Settings], path: str | Path | None = None, overrides: list[str] | None = None,
-                  fixed: dict[str, Any] | None = None) -> Settings:
-    """A config of type `schema`: its defaults, then the YAML file at `path`, then `key=value`
-    overrides; the `fixed` keys (set by the command, e.g. `kind`) may be repeated but not changed."""
+                  fixed: dict[str, Any] | None = None, preset: dict[str, Any] | None = None) -> Settings:
+    """A config of type `schema`: its defaults, the `preset` keys, then the YAML file at `path`, then
+    `key=value` overrides; the `fixed` keys (set by the command, e.g. `kind`) may be repeated but not changed."""
     fixed = fixed or {}
-    values: dict[str, Any] = dict(fixed)
+    values: dict[str, Any] = {**(preset or {}), **fixed}
     origins: dict[str, Path | str] = {}
     if path is not None:
         from_file = _read_yaml(Path(path))
@@ -287,6 +291,8 @@ def load_run_config(run_dir: str | Path) -> LifecycleSettings:
         schema = SFTConfig
     elif values.get("algorithm") == "verifier":
         schema = VerifierRecipeConfig
+    elif values.get("algorithm") in PREFERENCE_PRESETS:
+        schema = PreferenceConfig
     return _validate(values, str(path), dict.fromkeys(map(str, values), path), schema)  # type: ignore[no-any-return]
 
 
@@ -483,3 +489,65 @@ class VerifierRecipeConfig(RunSettings):
     target: Literal["token", "final"] = "token"
     eval_samples: int = Field(default=16, ge=1, description="completions per held-out problem to rerank")
     eval_limit: int = Field(default=100, ge=1)
+
+
+# `incentivize train dpo|simpo|kto`: each name a preset of PreferenceConfig's keys (ALGORITHMS.md section 17).
+PREFERENCE_PRESETS: dict[str, dict[str, Any]] = {
+    "dpo": {"loss_type": "sigmoid", "beta": 0.1},
+    "simpo": {"loss_type": "simpo", "beta": 2.5, "gamma": 1.375},
+    "kto": {"loss_type": "kto", "beta": 0.1},
+}
+
+
+class PreferenceConfig(LoraSettings, SupervisedSettings):
+    """`incentivize train dpo|simpo|kto`: preference optimization on pairs from `data` (TRL's format) or,
+    with `pairs: self`, on pairs the policy samples itself each round, a correct completion against an
+    incorrect one by the task's verifier (Iterative RPO: `rpo_alpha` 1 adds its NLL term)."""
+
+    RESUMABLE = SupervisedSettings.RESUMABLE | {"epochs"}
+
+    algorithm: Literal["dpo", "simpo", "kto"] = "dpo"
+    loss_type: str = Field(default="sigmoid", description="sigmoid, ipo, cdpo, robust, hinge, simpo (pairs); kto (unpaired)")
+    beta: float = Field(default=0.1, gt=0.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5, description="cdpo, robust: the label-flip rate")
+    gamma: float = Field(default=1.375, ge=0.0, description="simpo: the target margin")
+    rpo_alpha: float = Field(default=0.0, ge=0.0, description="weight of the NLL of the chosen answer (RPO)")
+    desirable_weight: float = Field(default=1.0, gt=0.0, description="kto")
+    undesirable_weight: float = Field(default=1.0, gt=0.0, description="kto")
+    data: str | None = Field(default=None, description="pairs JSONL (prompt, chosen, rejected); kto: prompt, completion, label")
+    pairs: Literal["file", "self"] = Field(default="file", description="file: from data; self: sampled and verified")
+    learning_rate: float = Field(default=1e-6, gt=0.0)
+    batch_size: int = Field(default=8, ge=1, description="pairs (kto: answers) per optimizer step")
+    micro_batch_size: int = Field(default=4, ge=1, description="pairs per forward/backward (memory, not math)")
+    epochs: int = Field(default=1, ge=1, description="passes over the pairs (pairs: self: over each round's)")
+    validation_share: float = Field(default=0.1, ge=0.0, lt=1.0, description="pairs held out (by prompt) for validation")
+    eval_limit: int = Field(default=0, ge=0, description="held-out task problems for greedy accuracy (0: none)")
+
+    # on-policy pairs (pairs: self)
+    rounds: int = Field(default=1, ge=1, description="sample, pair and train; the trained policy is the next reference")
+    problems_per_round: int = Field(default=64, ge=1)
+    samples_per_problem: int = Field(default=8, ge=2, description="completions per problem to pair right with wrong")
+    pairs_per_problem: int = Field(default=2, ge=1)
+    temperature: float = Field(default=1.0, gt=0.0)
+    max_completion_length: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PreferenceConfig:
+        if self.pairs == "file" and self.data is None:
+            raise ValueError("preference training needs pairs: --data pairs.jsonl, or --pairs self to sample them")
+        if self.label_smoothing and self.loss_type not in ("cdpo", "robust"):
+            raise ValueError(f"label_smoothing is for loss_type cdpo or robust; {self.loss_type!r} would ignore it")
+        if self.pairs == "self" and self.loss_type == "kto":
+            raise ValueError("--pairs self makes pairs; kto trains on unpaired answers from --data")
+        if (self.loss_type == "kto") != (self.algorithm == "kto"):
+            raise ValueError(f"loss_type {self.loss_type!r} does not go with `train {self.algorithm}`: kto trains on "
+                             "unpaired answers, the others on pairs")
+        return self
+
+
+def load_preference_config(algorithm: str, path: str | Path | None = None,
+                           overrides: list[str] | None = None) -> PreferenceConfig:
+    """`incentivize train dpo|simpo|kto`: the preset, then the YAML file at `path`, then `key=value` overrides."""
+    if algorithm not in PREFERENCE_PRESETS:
+        raise IncentivizeError(_unknown("preference algorithm", algorithm, PREFERENCE_PRESETS))
+    return load_settings(PreferenceConfig, path, overrides, {"algorithm": algorithm}, PREFERENCE_PRESETS[algorithm])
