@@ -67,7 +67,7 @@ def _run_cli(monkeypatch, capsys, overrides):
 def test_raising_and_hanging_rewards_cost_only_their_samples_and_are_counted(tmp_path):
     started = time.monotonic()
     result = rl.train(load_config("grpo", None, _overrides(tmp_path, "max_steps=3")))
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 300  # a sleeping sample alone would take 1000 s: the time limit cut it
     rows, samples = _rows(result.run_dir / "metrics.jsonl"), _rows(result.run_dir / "samples.jsonl")
     kinds = [zlib.crc32(s["completion"].encode()) % 4 for s in samples]
     assert set(kinds) == {0, 1, 2, 3}  # raising, sleeping, spinning and good samples

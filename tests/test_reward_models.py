@@ -244,6 +244,8 @@ def test_grpo_with_prm_step_rewards_runs_from_the_command_line(tmp_path: Path) -
                    "--output-dir", "prm", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     reward = load_reward_function(f"prm:{tmp_path / 'prm' / 'final'}")
+    from incentivize.eval.monitor import proxies
+    assert proxies([reward]) == {"prm": True}  # the sophistry monitor watches it
     prompts, completions = ["<|im_start|>user\nq<|im_end|>\n"] * 2, ["1 + 1 = 2\nAnswer: 2", "no"]
     assert reward(prompts, completions) == pytest.approx(load_verifier(tmp_path / "prm" / "final").score(prompts, completions))
     with pytest.raises(IncentivizeError, match="holds a prm, not a orm"):
@@ -258,6 +260,26 @@ def test_grpo_with_prm_step_rewards_runs_from_the_command_line(tmp_path: Path) -
     assert any(abs(m["loss"]) > 0 for m in metrics)  # step rewards differ, so the advantages are not all zero
     refused = _cli("train", "grpo", "--model", "tiny-random", "--set", "advantage=grpo_process", cwd=tmp_path)
     assert refused.returncode == 2 and "--reward prm:DIR" in refused.stderr
+
+    # hardened: prose counts as neither right nor wrong, and the verdict is one more step at each completion's end
+    from incentivize.config import load_config
+    from incentivize.tasks import load_task
+    from incentivize.trainers.collect import build_scorer, collect
+    from incentivize.trainers.policy import build_models
+    from incentivize.trainers.sampler import PromptSampler
+
+    config = load_config("grpo", None, ["model=tiny-random", f"rewards=[prm:{tmp_path / 'prm' / 'final'}]",
+                                        "advantage=grpo_process", "generation_batch_size=8", "max_completion_length=16",
+                                        "process_neutral=neither", "process_outcome_weight=2"])
+    task = load_task("arithmetic")
+    examples = task.examples("train", 8)
+    scorer = build_scorer(config, task)
+    assert scorer.step_source.verifier.neutral == "neither"
+    data = collect(config, build_models(config), task, examples, PromptSampler(8, 0), scorer, {}, 1)
+    last = (~torch.isnan(data.step_scores)).long().cumsum(1).argmax(1)  # each row's last step: the outcome
+    rows = torch.arange(len(last))
+    assert data.step_scores[rows, last].tolist() == (2.0 * data.scores.correct.float()).tolist()
+    assert data.step_ends[rows, last].tolist() == (data.rollouts.completion_lengths - 1).tolist()
 
 
 def test_process_step_tensors_put_each_step_reward_at_its_last_token() -> None:

@@ -252,8 +252,9 @@ class LengthVerifier:
     def __init__(self):
         self.scored: list[str] = []
 
-    def score(self, prompts, completions):
-        assert len(prompts) == len(completions) and all(isinstance(p, str) and p for p in prompts)
+    def score(self, prompts, completions, *, questions):
+        assert len(prompts) == len(completions) == len(questions) and all(isinstance(p, str) and p for p in prompts)
+        assert all(q and q in p for q, p in zip(questions, prompts))  # the problems' own text
         self.scored += completions
         return [min(1.0, len(c) / 100) for c in completions]
 
@@ -277,6 +278,8 @@ def test_evaluate_scores_each_sample_once_and_reports_selection(tiny, tmp_path):
     assert all(not r.scores for r in report.records if r.mode == "greedy")
     assert list(report.sweep) == ["pass@1", "majority", "orm", "top2:orm", "pass@N"]  # majority always
     assert report.metrics["select/majority"] == report.metrics["maj@4"]
+    from incentivize.eval.metrics import auroc
+    assert report.metrics["auroc/orm"] == auroc([r.scores["orm"] for r in sampled], [r.correct for r in sampled])
     assert report.metrics["select/orm"] == report.sweep["orm"][4]
     assert report.sweep["pass@1"][1] == pytest.approx(report.metrics["pass@1"])
 

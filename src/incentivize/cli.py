@@ -167,7 +167,7 @@ def report_command(
 def train_command(
     algorithm: Annotated[str, typer.Argument(help="grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo; "
                                                   "orm, prm, rm (reward models); sft; dpo, simpo, kto (preferences); "
-                                                  "verifier (Cobbe et al.'s recipe)")] = "grpo",
+                                                  "verifier (Cobbe et al.'s recipe); rlaif-vs-sft")] = "grpo",
     config: Annotated[Optional[Path], typer.Option(help="YAML file of config keys")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override one key: --set beta=0.04 (repeatable)")] = None,
     model: Annotated[Optional[str], typer.Option(help="shortcut for --set model=...")] = None,
@@ -178,21 +178,25 @@ def train_command(
                                                      "labelled answers; prm: PRM800K JSONL)")] = None,
     pairs: Annotated[Optional[str], typer.Option(help="dpo, simpo: 'self' samples pairs from the policy and the "
                                                       "task's verifier each round (shortcut for --set pairs=self)")] = None,
+    sft_teacher: Annotated[Optional[str], typer.Option(help="rlaif-vs-sft: the model whose answers SFT learns from, "
+                                                            "or oracle (shortcut for --set sft_teacher=...)")] = None,
+    critic: Annotated[Optional[str], typer.Option(help="rlaif-vs-sft: the AI judge labelling the RLAIF pairs, or "
+                                                       "oracle (shortcut for --set critic=...)")] = None,
     reward: Annotated[Optional[list[str]], typer.Option(
-        help="RL: one more reward (repeatable): path/to/file.py:function, or a trained reward model orm:DIR, prm:DIR, rm:DIR"
+        help="RL: one more reward (repeatable): path/to/file.py:function, a trained reward model orm:DIR, prm:DIR, rm:DIR, or an AI judge judge:MODEL"
     )] = None,
 ) -> None:
     """RL training (grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo), SFT, a reward model
-    (orm, prm, rm) or the verifier recipe; --resume continues any of them. With no arguments: GRPO on
+    (orm, prm, rm), preferences (dpo, simpo, kto) or a recipe (verifier, rlaif-vs-sft); --resume continues any of them. With no arguments: GRPO on
     SmolLM2-135M-Instruct on arithmetic, on CPU."""
     from incentivize.config import (
-        PREFERENCE_PRESETS, SFTConfig, VerifierRecipeConfig, load_config, load_preference_config, load_reward_config,
+        PREFERENCE_PRESETS, RlaifVsSftConfig, SFTConfig, VerifierRecipeConfig, load_config, load_preference_config, load_reward_config,
         load_run_config, load_settings,
     )
 
-    rl = algorithm not in (*REWARD_MODEL_KINDS, *PREFERENCE_PRESETS, "sft", "verifier")
+    rl = algorithm not in (*REWARD_MODEL_KINDS, *PREFERENCE_PRESETS, "sft", "verifier", "rlaif-vs-sft")
     shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir), ("data", data),
-                                          ("pairs", pairs)) if v]
+                                          ("pairs", pairs), ("sft_teacher", sft_teacher), ("critic", critic)) if v]
     if resume is not None:
         if config is not None or shortcuts or set_ or reward:
             raise IncentivizeError(
@@ -203,6 +207,8 @@ def train_command(
         return
     if reward and not rl:
         raise IncentivizeError(f"--reward is for RL training; train {algorithm} takes none")
+    if (sft_teacher is not None or critic is not None) and algorithm != "rlaif-vs-sft":
+        raise IncentivizeError(f"--sft-teacher and --critic are for train rlaif-vs-sft; train {algorithm} takes neither")
     if pairs is not None and algorithm not in PREFERENCE_PRESETS:
         raise IncentivizeError(f"--pairs is for train dpo|simpo; train {algorithm} takes none")
     if data is not None and algorithm not in (*REWARD_MODEL_KINDS, *PREFERENCE_PRESETS):
@@ -216,6 +222,8 @@ def train_command(
         settings = load_settings(SFTConfig, config, overrides)
     elif algorithm == "verifier":
         settings = load_settings(VerifierRecipeConfig, config, overrides)
+    elif algorithm == "rlaif-vs-sft":
+        settings = load_settings(RlaifVsSftConfig, config, overrides)
     elif algorithm in PREFERENCE_PRESETS:
         settings = load_preference_config(algorithm, config, overrides)
     else:
@@ -228,7 +236,7 @@ REWARD_MODEL_KINDS = ("orm", "prm", "rm")
 
 def _run_training(settings: Any, *, resume: bool) -> None:
     """Train `settings` (any trainer's config) with progress bars, then print what it achieved."""
-    from incentivize.config import PreferenceConfig, RewardModelConfig, RLConfig, SFTConfig
+    from incentivize.config import PreferenceConfig, RewardModelConfig, RlaifVsSftConfig, RLConfig, SFTConfig
     from incentivize.trainers.interrupt import TrainingInterrupted
 
     run: Callable[..., Any]
@@ -257,6 +265,10 @@ def _run_training(settings: Any, *, resume: bool) -> None:
         source = settings.data or f"{settings.samples_per_problem} samples x {settings.num_problems} {settings.task} problems"
         console.print(f"{settings.kind}: reward model on {settings.model}, data: {source}", highlight=False)
         run, title, made = train_reward_model, "validation", "reward model"
+    elif isinstance(settings, RlaifVsSftConfig):
+        from incentivize.recipes.rlaif_vs_sft import run_rlaif_vs_sft
+
+        run, title, made = run_rlaif_vs_sft, "held-out greedy accuracy of each arm", "comparison.md"
     else:
         from incentivize.recipes.verifier import run_verifier_recipe
 
@@ -266,7 +278,9 @@ def _run_training(settings: Any, *, resume: bool) -> None:
     except TrainingInterrupted as err:  # Ctrl-C: one line saying where the checkpoint is and how to continue
         console.print(str(err), highlight=False, markup=False)
         raise typer.Exit(130) from None
-    if result.after:
+    if (result.run_dir / "comparison.md").exists():
+        console.print((result.run_dir / "comparison.md").read_text(encoding="utf-8"), highlight=False, markup=False)
+    elif result.after:
         _print_before_after(result.before, result.after, title)
     if result.summary.get("sweep"):
         from incentivize.inference.selection import sweep_markdown
@@ -282,13 +296,15 @@ def _load_verifiers(specs: list[SelectSpec]) -> tuple[dict[str, Any], list[Any]]
         return {}, []
     from incentivize.inference.selection import build_selectors
 
+    from incentivize.rewards.judge import JudgeVerifier, load_judge
+    from incentivize.rewards.reward_model import load_verifier
+
+    judges = {spec.path for spec in specs if spec.kind == "judge"}
     loaded: dict[str, Any] = {}
     for path in dict.fromkeys(spec.path for spec in specs if spec.path is not None):
-        from incentivize.rewards.reward_model import load_verifier
-
-        with console.status(f"loading verifier {path}"):
+        with console.status(f"loading {'judge' if path in judges else 'verifier'} {path}"):
             try:
-                loaded[path] = load_verifier(path)
+                loaded[path] = JudgeVerifier(load_judge(path, f"judge:{path}")) if path in judges else load_verifier(path)
             except IncentivizeError as err:
                 raise IncentivizeError(f"--select: {err}") from None
     selectors, names = build_selectors(specs, {path: verifier.kind for path, verifier in loaded.items()})

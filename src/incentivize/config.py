@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from incentivize.errors import IncentivizeError, describe
 from incentivize.trackers import ReportToList
@@ -66,7 +66,37 @@ class LoraSettings(BaseModel):
     lora_target_modules: list[str] | str = "all-linear"
 
 
-class RLConfig(LoraSettings, LifecycleSettings):
+class JudgeSettings(BaseModel):
+    """How an AI judge (`incentivize.rewards.judge`) is prompted: `--reward judge:MODEL` in RL, `labeller: judge`
+    for preference pairs and reward-model labels. A rubric's placeholders are filled by `str.format`."""
+
+    judge: str | None = Field(default=None, description="the judge LM for labeller: judge (a model name, directory or .gguf)")
+    judge_grade_rubric: str | None = Field(default=None, description="{question} {answer}; default: a Yes/No rubric")
+    judge_compare_rubric: str | None = Field(default=None, description="{question} {answer_a} {answer_b}; default: A/B")
+    judge_grade_labels: tuple[str, str] = Field(default=("Yes", "No"), description="single tokens: correct, wrong")
+    judge_compare_labels: tuple[str, str] = Field(default=("A", "B"), description="single tokens: a better, b better")
+
+    @field_validator("judge_grade_rubric", "judge_compare_rubric")
+    @classmethod
+    def _rubric(cls, rubric: str | None, info: Any) -> str | None:
+        from incentivize.rewards.judge import rubric_problem
+
+        problem = None if rubric is None else rubric_problem(rubric, info.field_name.split("_")[1])
+        if problem:
+            raise ValueError(f"the rubric {problem}")
+        return rubric
+
+    def judge_options(self) -> dict[str, Any]:
+        """The keyword arguments of `incentivize.rewards.judge.Judge` these settings give."""
+        options: dict[str, Any] = {"grade_labels": self.judge_grade_labels, "compare_labels": self.judge_compare_labels}
+        if self.judge_grade_rubric is not None:
+            options["grade_rubric"] = self.judge_grade_rubric
+        if self.judge_compare_rubric is not None:
+            options["compare_rubric"] = self.judge_compare_rubric
+        return options
+
+
+class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
     """Everything an RL run needs. Units: lengths in tokens, steps in optimizer steps of one rollout batch."""
 
     # where the samples are drawn changes nothing about them (each prompt has its own seed)
@@ -77,7 +107,18 @@ class RLConfig(LoraSettings, LifecycleSettings):
     model: str = Field(default="smollm2-135m", description="model directory, .gguf file or built-in name")
     task: str = "arithmetic"
     task_options: dict[str, Any] = Field(default_factory=dict, description="options of the task, e.g. num_ops, data")
-    rewards: list[str] = Field(default_factory=list, description="extra reward functions path/to/file.py:name")
+    process_neutral: Literal["positive", "negative", "neither"] | None = Field(
+        default=None, description="grpo_process: how the PRM's neutral (prose) steps count; default: as it was trained")
+    process_outcome_weight: float = Field(default=0.0, ge=0.0, description="grpo_process: the verifier's verdict "
+                                          "(1 right, 0 wrong) times this, as one more step at the completion's end")
+    monitor: Literal["oracle", "none"] = Field(default="oracle", description="with a learned or judged reward "
+                                              "(orm/prm/rm/judge:), log its correlation and false-positive rate "
+                                              "against the task's verifier each step")
+    hacking_patience: int = Field(default=0, ge=0, description="steps per window of the hacking alarm (the proxy "
+                                  "rising while the verifier's accuracy falls); 0: off")
+    on_hacking: Literal["warn", "stop"] = Field(default="warn", description="what the hacking alarm does")
+    rewards: list[str] = Field(default_factory=list, description="extra rewards: path/to/file.py:name, orm:DIR, "
+                               "prm:DIR, rm:DIR or judge:MODEL")
     reward_weights: list[float] | None = Field(default=None, description="weights of [correctness, *rewards]")
     format_reward: float = Field(default=0.0, description="weight of the built-in format reward")
     reward_timeout_s: float = Field(default=10.0, gt=0.0, description="time limit of one call of a reward function")
@@ -291,6 +332,8 @@ def load_run_config(run_dir: str | Path) -> LifecycleSettings:
         schema = SFTConfig
     elif values.get("algorithm") == "verifier":
         schema = VerifierRecipeConfig
+    elif values.get("algorithm") == "rlaif-vs-sft":
+        schema = RlaifVsSftConfig
     elif values.get("algorithm") in PREFERENCE_PRESETS:
         schema = PreferenceConfig
     return _validate(values, str(path), dict.fromkeys(map(str, values), path), schema)  # type: ignore[no-any-return]
@@ -374,7 +417,7 @@ def _validate(values: dict[str, Any], source: str, origins: dict[str, Path | str
         field = ".".join(str(p) for p in first["loc"])
         given = f" (got {first['input']!r})" if not isinstance(first.get("input"), dict) else ""
         where = _where(str(first["loc"][0]), source, origins)
-        raise IncentivizeError(f"{where}: {field}: {first['msg']}{given}") from None
+        raise IncentivizeError(f"{where}: {field}: {first['msg'].removeprefix('Value error, ')}{given}") from None
 
 
 def _where(key: str, source: str, origins: dict[str, Path | str]) -> str:
@@ -425,7 +468,7 @@ class SupervisedSettings(RunSettings):
     linear_kernel: LinearKernelName = Field(default="auto", description="as in RL: onednn, torch or auto")
 
 
-class RewardModelConfig(SupervisedSettings):
+class RewardModelConfig(JudgeSettings, SupervisedSettings):
     """`incentivize train orm|prm|rm`: a reward model on the LM `model`, from sampled and checked
     solutions (orm, prm on a task that labels steps), PRM800K-style step labels (prm with `data`) or
     preference pairs (rm, `data` required). Defaults follow Cobbe et al. (T 0.7, lr 1e-5, 1 epoch,
@@ -443,6 +486,8 @@ class RewardModelConfig(SupervisedSettings):
     temperature: float = Field(default=0.7, gt=0.0)
     max_completion_length: int = Field(default=96, ge=1)
     generation_batch_size: int = Field(default=64, ge=1, description="sequences sampled together")
+    labeller: Literal["verifier", "judge"] = Field(default="verifier", description="orm: who labels the sampled "
+                                                   "solutions right or wrong: the task's verifier or the AI judge `judge`")
 
     # targets and scoring
     target: Literal["token", "final"] = Field(default="token", description="orm: targets on every completion token or the last")
@@ -455,6 +500,13 @@ class RewardModelConfig(SupervisedSettings):
     epochs: int = Field(default=1, ge=1)
     validation_share: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of problems held out for validation")
 
+    @model_validator(mode="after")
+    def _judge(self) -> RewardModelConfig:
+        if self.labeller == "judge" and (self.kind != "orm" or self.data is not None or self.judge is None):
+            raise ValueError("labeller judge labels the solutions an orm run samples: set kind orm, judge=MODEL and "
+                             "no data")
+        return self
+
 
 class SFTConfig(SupervisedSettings):
     """`incentivize train sft`: supervised fine-tuning on a task's reference solutions (the prompt is
@@ -463,6 +515,8 @@ class SFTConfig(SupervisedSettings):
     RESUMABLE = SupervisedSettings.RESUMABLE | {"epochs"}
 
     algorithm: Literal["sft"] = "sft"
+    data: str | None = Field(default=None, description="prompt-completion JSONL to fine-tune on (e.g. a teacher's "
+                             "answers); default: the task's reference solutions")
     num_examples: int | None = Field(default=1024, ge=1, description="training problems used (None: all)")
     epochs: int = Field(default=2, ge=1)
     eval_limit: int = Field(default=100, ge=1, description="held-out problems for greedy accuracy before and after")
@@ -491,6 +545,30 @@ class VerifierRecipeConfig(RunSettings):
     eval_limit: int = Field(default=100, ge=1)
 
 
+class RlaifVsSftConfig(JudgeSettings, RunSettings):
+    """`incentivize train rlaif-vs-sft`: the comparison of "A Critical Evaluation of AI Feedback for Aligning
+    LLMs" on one student `model`: (a) SFT on teacher `sft_teacher`'s answers; (b) (a), then DPO on pairs of its own
+    samples labelled by the AI critic `critic`; (c) (a), then the same DPO with the task's verifier as an oracle
+    critic. `oracle` as the teacher is the task's reference solutions; as the critic, its verifier. Each arm is a
+    run of its own in a subdirectory; the held-out greedy accuracies go to `comparison.md` and `summary.json`."""
+
+    algorithm: Literal["rlaif-vs-sft"] = "rlaif-vs-sft"
+    sft_teacher: str = Field(default="oracle", description="the model whose greedy answers (a) fine-tunes on; oracle: "
+                             "the task's reference solutions")
+    critic: str = Field(default="smollm2-135m", description="the AI judge labelling (b)'s pairs; oracle: the verifier")
+    sft_examples: int = Field(default=256, ge=1, description="training problems the teacher answers")
+    sft_epochs: int = Field(default=2, ge=1)
+    sft_learning_rate: float = Field(default=1e-5, gt=0.0)
+    rounds: int = Field(default=2, ge=1, description="DPO rounds of self-sampled pairs, (b) and (c) alike")
+    problems_per_round: int = Field(default=32, ge=1)
+    samples_per_problem: int = Field(default=8, ge=2)
+    dpo_learning_rate: float = Field(default=5e-6, gt=0.0)
+    beta: float = Field(default=0.1, gt=0.0)
+    judge_confidence: float = Field(default=0.6, ge=0.5, lt=1.0)
+    max_completion_length: int = Field(default=64, ge=1)
+    eval_limit: int = Field(default=100, ge=1)
+
+
 # `incentivize train dpo|simpo|kto`: each name a preset of PreferenceConfig's keys (ALGORITHMS.md section 17).
 PREFERENCE_PRESETS: dict[str, dict[str, Any]] = {
     "dpo": {"loss_type": "sigmoid", "beta": 0.1},
@@ -499,7 +577,7 @@ PREFERENCE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class PreferenceConfig(LoraSettings, SupervisedSettings):
+class PreferenceConfig(JudgeSettings, LoraSettings, SupervisedSettings):
     """`incentivize train dpo|simpo|kto`: preference optimization on pairs from `data` (TRL's format) or,
     with `pairs: self`, on pairs the policy samples itself each round, a correct completion against an
     incorrect one by the task's verifier (Iterative RPO: `rpo_alpha` 1 adds its NLL term)."""
@@ -528,6 +606,10 @@ class PreferenceConfig(LoraSettings, SupervisedSettings):
     problems_per_round: int = Field(default=64, ge=1)
     samples_per_problem: int = Field(default=8, ge=2, description="completions per problem to pair right with wrong")
     pairs_per_problem: int = Field(default=2, ge=1)
+    labeller: Literal["verifier", "judge"] = Field(default="verifier", description="who picks the chosen answer of "
+                                                   "a self-sampled pair: the task's verifier, or the AI judge `judge`")
+    judge_confidence: float = Field(default=0.6, ge=0.5, lt=1.0, description="labeller judge: a pair is kept when the "
+                                    "judge prefers one answer with at least this probability")
     temperature: float = Field(default=1.0, gt=0.0)
     max_completion_length: int = Field(default=64, ge=1)
 
@@ -537,6 +619,8 @@ class PreferenceConfig(LoraSettings, SupervisedSettings):
             raise ValueError("preference training needs pairs: --data pairs.jsonl, or --pairs self to sample them")
         if self.label_smoothing and self.loss_type not in ("cdpo", "robust"):
             raise ValueError(f"label_smoothing is for loss_type cdpo or robust; {self.loss_type!r} would ignore it")
+        if self.labeller == "judge" and (self.pairs != "self" or self.judge is None):
+            raise ValueError("labeller judge labels pairs the policy samples: set pairs=self and judge=MODEL")
         if self.pairs == "self" and self.loss_type == "kto":
             raise ValueError("--pairs self makes pairs; kto trains on unpaired answers from --data")
         if (self.loss_type == "kto") != (self.algorithm == "kto"):

@@ -289,6 +289,20 @@ def gae(
 # --- process supervision ------------------------------------------------------------------------
 
 
+def append_outcome_step(step_scores: torch.Tensor, step_ends: torch.Tensor, outcome: torch.Tensor,
+                        last_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The steps (B, S) and their end tokens with one more step per row: `outcome` (B,) at `last_token` (B,),
+    the completion's final token. A PRM scores how a solution goes; the outcome step also says where it ends.
+
+    >>> scores, ends = append_outcome_step(torch.tensor([[0.5, float("nan")]]), torch.tensor([[3, -1]]),
+    ...                                    torch.tensor([1.0]), torch.tensor([7]))
+    >>> scores.tolist(), ends.tolist()
+    ([[0.5, nan, 1.0]], [[3, -1, 7]])
+    """
+    return (torch.cat([step_scores, outcome.to(step_scores.dtype)[:, None]], dim=1),
+            torch.cat([step_ends, last_token.to(step_ends.dtype)[:, None]], dim=1))
+
+
 @ADVANTAGE_ESTIMATORS.register("grpo_process")
 def grpo_process(inputs: AdvantageInputs, eps: float = 1e-4) -> AdvantageOutput:
     _check(inputs)

@@ -75,25 +75,33 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: tor
 
 def step_correct_probability(logits: torch.Tensor, neutral: str = "positive") -> torch.Tensor:
     """P(step is correct) from PRM class logits (..., 3): P(positive), plus P(neutral) when
-    neutral steps count as correct (Lightman et al. report both mappings; "positive" scored best).
+    neutral steps count as correct (Lightman et al. report both mappings; "positive" scored best). With
+    "neither", a step the PRM reads as most likely neutral (prose) has no score at all (NaN: no reward and
+    no place in a group's normalisation, so a policy cannot climb the PRM by writing prose instead of
+    calculations), and any other step scores P(positive | not neutral).
 
     >>> p = step_correct_probability(torch.log(torch.tensor([[0.2, 0.3, 0.5]])))
     >>> [round(v, 4) for v in p.tolist()]
     [0.8]
     >>> [round(v, 4) for v in step_correct_probability(torch.log(torch.tensor([[0.2, 0.3, 0.5]])), "negative").tolist()]
     [0.5]
+    >>> neither = step_correct_probability(torch.log(torch.tensor([[0.2, 0.3, 0.5], [0.1, 0.6, 0.3]])), "neither")
+    >>> [round(v, 4) for v in neither.tolist()]
+    [0.7143, nan]
     """
-    if neutral not in ("positive", "negative"):
-        raise ValueError(f"neutral must count as 'positive' or 'negative', got {neutral!r}")
+    if neutral not in ("positive", "negative", "neither"):
+        raise ValueError(f"neutral must count as 'positive', 'negative' or 'neither', got {neutral!r}")
     probs = torch.softmax(logits.float(), dim=-1)
-    correct = probs[..., POSITIVE]
-    return correct + probs[..., NEUTRAL] if neutral == "positive" else correct
+    if neutral == "neither":
+        decided = probs[..., POSITIVE] / (probs[..., POSITIVE] + probs[..., NEGATIVE]).clamp_min(1e-12)
+        return torch.where(probs.argmax(-1) == NEUTRAL, torch.nan, decided)
+    return probs[..., POSITIVE] + (neutral == "positive") * probs[..., NEUTRAL]
 
 
 def step_score(step_probabilities: torch.Tensor, how: str = "prod") -> torch.Tensor:
     """A solution's score from its steps' P(correct) (S,): the product (the probability that every
-    step is correct, Lightman et al.'s choice), the minimum, or the last step's. No steps: 1.0 for
-    prod/min (nothing went wrong), and 0.5 (no information) for last.
+    step is correct, Lightman et al.'s choice), the minimum, or the last step's, over the steps that have a
+    score (not NaN). No such steps: 1.0 for prod/min (nothing went wrong), and 0.5 (no information) for last.
 
     >>> step_score(torch.tensor([0.5, 0.8, 1.0])).item(), step_score(torch.tensor([0.5, 0.8, 1.0]), "min").item()
     (0.4000000059604645, 0.5)
@@ -102,6 +110,7 @@ def step_score(step_probabilities: torch.Tensor, how: str = "prod") -> torch.Ten
     """
     if how not in STEP_AGGREGATIONS:
         raise ValueError(f"step aggregation must be one of {', '.join(STEP_AGGREGATIONS)}, got {how!r}")
+    step_probabilities = step_probabilities[~torch.isnan(step_probabilities)]  # steps without a score count as absent
     if step_probabilities.numel() == 0:
         return torch.tensor(0.5 if how == "last" else 1.0)
     if how == "prod":

@@ -49,3 +49,20 @@ def maj_at_k(
         winner = majority_vote(answers[:k])
         correct += winner is not None and match(winner, gold)
     return correct / len(golds)
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """The area under the ROC curve of `scores` separating True from False labels: the chance that a random
+    positive scores above a random negative, ties counting half. None when either class is absent.
+
+    >>> auroc([0.9, 0.8, 0.3, 0.1], [True, False, True, False])
+    0.75
+    >>> auroc([0.5, 0.5], [True, False])
+    0.5
+    """
+    positives = [s for s, y in zip(scores, labels, strict=True) if y]
+    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not positives or not negatives:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))

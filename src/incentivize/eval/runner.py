@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from pydantic import BaseModel, Field
 
-from incentivize.eval.metrics import maj_at_k, mean_pass_at_k
+from incentivize.eval.metrics import auroc, maj_at_k, mean_pass_at_k
 from incentivize.inference.selection import Problem, Selector, plot_sweep, sweep
 from incentivize.rewards import call_reward_function, reward_name
 from incentivize.rollout import SamplingParams, generate
@@ -57,10 +57,11 @@ class SampleRecord:
 
 
 class Scorer(Protocol):
-    """What a verifier offers (`incentivize.rewards.reward_model.Verifier`): one score per
-    completion, higher = better; prompts are the rendered prompt texts of `SampleRecord.prompt`."""
+    """What a verifier offers (`incentivize.rewards.reward_model.Verifier`, `incentivize.rewards.judge.JudgeVerifier`):
+    one score per completion, higher = better; prompts are the rendered prompt texts of `SampleRecord.prompt`,
+    questions the problems' own text."""
 
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]: ...
+    def score(self, prompts: list[str], completions: list[str], *, questions: list[str]) -> list[float]: ...
 
 
 SWEEP_TRIALS = 200  # random subsets per problem and N in the selection sweep (all, when fewer exist)
@@ -132,7 +133,9 @@ def evaluate(
             seed=settings.seed,
         )
         records += _decode_all(model, tokenizer, task, examples, prompts, sampled, "sample", settings.batch_size, progress)
-        _score_with_verifiers([r for r in records if r.mode == "sample"], verifiers, settings.batch_size, progress)
+        questions = {e.id: e.question for e in examples}
+        _score_with_verifiers([r for r in records if r.mode == "sample"], verifiers, questions, settings.batch_size,
+                              progress)
     reward_errors = _score_rewards(records, examples, reward_functions)
     metrics = _metrics(records, examples, settings.samples)
     table = None
@@ -202,14 +205,15 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
 
 
 def _score_with_verifiers(
-    records: list[SampleRecord], verifiers: Mapping[str, Scorer], batch_size: int,
+    records: list[SampleRecord], verifiers: Mapping[str, Scorer], questions: Mapping[str, str], batch_size: int,
     progress: Callable[[int], None] | None,
 ) -> None:
     """Each verifier scores each record once, in chunks of `batch_size`."""
     for name, verifier in verifiers.items():
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
-            scores = verifier.score([r.prompt for r in chunk], [r.completion for r in chunk])
+            scores = verifier.score([r.prompt for r in chunk], [r.completion for r in chunk],
+                                    questions=[questions[r.example_id] for r in chunk])
             if len(scores) != len(chunk):
                 raise ValueError(f"verifier {name} gave {len(scores)} scores for {len(chunk)} completions")
             for record, value in zip(chunk, scores):
@@ -271,6 +275,8 @@ def _metrics(records: list[SampleRecord], examples: Sequence[Example], samples: 
         metrics[f"maj@{samples}"] = maj_at_k([[r.extracted for r in g] for g in groups], [e.answer for e in examples], samples)
         metrics["sample_parsed"] = _mean([r.extracted is not None for r in sampled])
         metrics["sample_mean_length"] = _mean([r.num_tokens for r in sampled])
+        for name in sorted({n for r in sampled for n in r.scores}):  # how well each verifier tells right from wrong
+            metrics[f"auroc/{name}"] = auroc([r.scores[name] for r in sampled], [r.correct for r in sampled])
     for name in sorted({n for r in records for n in r.rewards}):
         values = [v for r in records if (v := r.rewards.get(name)) is not None]
         metrics[f"reward/{name}"] = _mean(values) if values else None

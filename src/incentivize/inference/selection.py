@@ -197,11 +197,12 @@ class Selector:
 SELECT_HELP = (
     "comma-separated ways to choose one answer among the --samples completions: majority (vote); "
     "orm:DIR, prm:DIR or rm:DIR (best-of-N by the verifier that `incentivize train orm|prm|rm` wrote to DIR); "
+    "judge:MODEL (best-of-N by an AI judge's grade); "
     "weighted:DIR (votes weighted by an orm/prm verifier's probabilities); topK:DIR, e.g. top3:DIR "
     "(vote among the K best-scored). Example: --select majority,orm:runs/orm/final,top3:runs/orm/final"
 )
-_VERIFIER_KINDS = ("orm", "prm", "rm")
-_PROBABILITY_KINDS = ("orm", "prm")  # kinds whose scores are probabilities of being correct
+_VERIFIER_KINDS = ("orm", "prm", "rm", "judge")
+_PROBABILITY_KINDS = ("orm", "prm", "judge")  # kinds whose scores are probabilities of being correct
 _TOP = re.compile(r"top(?P<k>\d+)")
 
 
@@ -224,7 +225,7 @@ def parse_select(text: str) -> list[SelectSpec]:
     >>> parse_select("best:x")
     Traceback (most recent call last):
     ...
-    incentivize.errors.IncentivizeError: --select: unknown selector 'best:x'; use majority, orm:DIR, prm:DIR, rm:DIR, weighted:DIR or topK:DIR (e.g. top3:DIR)
+    incentivize.errors.IncentivizeError: --select: unknown selector 'best:x'; use majority, orm:DIR, prm:DIR, rm:DIR, judge:MODEL, weighted:DIR or topK:DIR (e.g. top3:DIR)
     """
     specs: list[SelectSpec] = []
     for item in (part.strip() for part in text.split(",")):
@@ -238,7 +239,8 @@ def parse_select(text: str) -> list[SelectSpec]:
             spec = SelectSpec("majority")
         elif name in _VERIFIER_KINDS or name == "weighted" or top:
             if not path:
-                raise IncentivizeError(f"--select: {name} needs a verifier directory: {name}:DIR")
+                what = "a judge model: judge:MODEL" if name == "judge" else f"a verifier directory: {name}:DIR"
+                raise IncentivizeError(f"--select: {name} needs {what}")
             if top:
                 if int(top["k"]) < 1:
                     raise IncentivizeError(f"--select: top-k voting needs k >= 1, got {item!r}")
@@ -249,8 +251,8 @@ def parse_select(text: str) -> list[SelectSpec]:
                 spec = SelectSpec("best", path, kind=name)
         else:
             raise IncentivizeError(
-                f"--select: unknown selector {item!r}; use majority, orm:DIR, prm:DIR, rm:DIR, weighted:DIR "
-                "or topK:DIR (e.g. top3:DIR)"
+                f"--select: unknown selector {item!r}; use majority, orm:DIR, prm:DIR, rm:DIR, judge:MODEL, "
+                "weighted:DIR or topK:DIR (e.g. top3:DIR)"
             )
         if spec not in specs:
             specs.append(spec)

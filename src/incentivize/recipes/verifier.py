@@ -17,21 +17,18 @@ one from its newest checkpoint (its `save_steps` is the recipe's), or starts it 
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from incentivize.checkpoint import latest_checkpoint
-from incentivize.config import LifecycleSettings, RewardModelConfig, SFTConfig, VerifierRecipeConfig
+from incentivize.config import RewardModelConfig, SFTConfig, VerifierRecipeConfig
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.inference.selection import Selector
 from incentivize.models import load
 from incentivize.rewards.reward_model import load_verifier
 from incentivize.tasks import load_task
-from incentivize.trainers.interrupt import TrainingInterrupted
 from incentivize.trainers.reward_model import train_reward_model
+from incentivize.recipes.stages import run_stage, shared_settings
 from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer, run
 from incentivize.trainers.sft import train_sft
 
@@ -83,10 +80,10 @@ class VerifierRecipe(Trainer):
     def _fine_tune(self) -> None:
         config = self.config
         self.context.say(f"stage 1/3: fine-tuning {config.model} on reference solutions for {config.sft_epochs} epochs")
-        sft = self._stage("generator", train_sft, SFTConfig(
+        sft = run_stage(self.context, "generator", train_sft, SFTConfig(
             model=config.model, task=config.task, task_options=config.task_options, num_examples=config.sft_examples,
             epochs=config.sft_epochs, learning_rate=config.sft_learning_rate, eval_limit=config.eval_limit,
-            **_shared(config, self.context.run_dir / "generator"),
+            **shared_settings(config, self.context, "generator"),
         ))
         self.state["generator"] = str(sft.run_dir / "final")
         before, after = (sft.before or {}).get("greedy_accuracy"), (sft.after or {}).get("greedy_accuracy")
@@ -95,13 +92,13 @@ class VerifierRecipe(Trainer):
     def _train_verifier(self) -> None:
         config = self.config
         self.context.say(f"stage 2/3: verifier from {config.samples_per_problem} samples x {config.num_problems} problems")
-        verifier = self._stage("verifier", train_reward_model, RewardModelConfig(
+        verifier = run_stage(self.context, "verifier", train_reward_model, RewardModelConfig(
             kind="orm", model=self.state["generator"], task=config.task, task_options=config.task_options,
             num_problems=config.num_problems, samples_per_problem=config.samples_per_problem,
             temperature=config.temperature, max_completion_length=config.max_completion_length,
             epochs=config.verifier_epochs, learning_rate=config.verifier_learning_rate,
             lm_loss_weight=config.lm_loss_weight, target=config.target,
-            **_shared(config, self.context.run_dir / "verifier"),
+            **shared_settings(config, self.context, "verifier"),
         ))
         self.state["verifier"] = str(verifier.run_dir / "final")
         self.state["verifier_validation"] = verifier.after
@@ -120,28 +117,3 @@ class VerifierRecipe(Trainer):
         report.write(self.context.run_dir / "eval", {"generator": self.state["generator"],
                                                      "verifier": self.state["verifier"], **settings.model_dump()})
         self.state["metrics"], self.state["sweep"] = report.metrics, report.sweep
-
-    def _stage(self, name: str, train: Callable[..., RunResult], settings: LifecycleSettings) -> RunResult:
-        """Run one stage in its own directory: continue it from its newest checkpoint if it was interrupted,
-        start it again if it left none."""
-        directory = self.context.run_dir / name
-        if (directory / "summary.json").exists():  # finished before the recipe was interrupted
-            summary = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
-            return RunResult(directory, summary.get("before"), summary.get("after"), summary.get("seconds", 0.0), summary)
-        resume = latest_checkpoint(directory / "checkpoints") is not None
-        if directory.exists() and not resume:
-            self.context.say(f"{directory} was interrupted before its first checkpoint; starting it again")
-            shutil.rmtree(directory)
-        try:
-            return train(settings, on_event=self.context.say, on_progress=self.context.progress, resume=resume)
-        except TrainingInterrupted as stop:
-            raise TrainingInterrupted(
-                f"interrupted in the {name} stage after its step {stop.step}; checkpoint {stop.checkpoint}; continue "
-                f"with: incentivize train --resume {self.context.run_dir}", stop.step, stop.checkpoint,
-            ) from None
-
-
-def _shared(config: VerifierRecipeConfig, output_dir: Path) -> dict[str, Any]:
-    """The lifecycle keys a stage takes from the recipe."""
-    return {"seed": config.seed, "save_steps": config.save_steps, "save_total_limit": config.save_total_limit,
-            "report_to": config.report_to, "output_dir": str(output_dir)}

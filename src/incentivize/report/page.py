@@ -45,6 +45,8 @@ GROUPS = (
     Group("reward", "reward: mean, and per reward function", "reward", ("reward_mean",), ("reward/",)),
     Group("reward_std", "reward standard deviation", "std", ("reward_std",)),
     Group("accuracy", "accuracy: training samples, and held-out greedy", "accuracy", ("accuracy", HELD_OUT)),
+    Group("monitor", "learned or judged rewards against the verifier: correlation, false-positive rate", "value",
+          (), ("monitor/",)),
     Group("kl", "KL divergence to the reference policy", "KL", ("kl",)),
     Group("entropy", "entropy of the policy (nats per token)", "entropy", ("entropy",)),
     Group("clipping", "share of tokens clipped (low / high)", "share", ("clip_frac_low", "clip_frac_high")),

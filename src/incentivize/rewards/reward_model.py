@@ -86,8 +86,10 @@ class Verifier:
         ids, mask = pad(encoded, self.tokenizer.pad_token_id or 0, device)
         return self.model(input_ids=ids, attention_mask=mask).logits.float()
 
-    def score(self, prompts: list[str], completions: list[str], batch_size: int = 16) -> list[float]:
-        """One score per completion, higher = better: P(correct) for orm and prm, a BT score for rm."""
+    def score(self, prompts: list[str], completions: list[str], batch_size: int = 16,
+              questions: list[str] | None = None) -> list[float]:
+        """One score per completion, higher = better: P(correct) for orm and prm, a BT score for rm. A reward
+        model reads the rendered prompts it was trained on; `questions` is for verifiers that read the problem."""
         if self.kind == "prm":
             return self.solution_scores(self.step_scores(prompts, completions, batch_size))
         scores: list[float] = []
@@ -151,14 +153,20 @@ class VerifierReward:
     """A trained reward model as a reward function (TRL's signature), named by `orm:DIR`, `prm:DIR` or
     `rm:DIR`: one score per completion (`Verifier.score`). A PRM also gives per-step rewards
     (`step_rewards`) for process-supervised advantages (`advantage: grpo_process`); the scores and
-    step rewards of one batch come from one forward pass."""
+    step rewards of one batch come from one forward pass. `neutral` overrides how a PRM counts the steps it
+    reads as neutral (`step_correct_probability`); None: as it was trained."""
 
-    def __init__(self, spec: str) -> None:
+    trusted = True  # the library's own model code: no time limit
+
+    def __init__(self, spec: str, neutral: str | None = None) -> None:
         kind, _, path = spec.partition(":")
         self.verifier = load_verifier(path)
         if self.verifier.kind != kind:
             raise IncentivizeError(f"reward {spec}: {path} holds a {self.verifier.kind}, not a {kind}; write {self.verifier.kind}:{path}")
+        if neutral is not None and kind == "prm":
+            self.verifier.neutral = neutral
         self.__name__ = kind
+        self.proxy_kind = "score" if kind == "rm" else "probability"  # for the sophistry monitor
         self._last: tuple[tuple[str, ...], list[list[float]]] | None = None
 
     def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:

@@ -12,7 +12,6 @@ import torch
 
 from incentivize.errors import IncentivizeError
 from incentivize.rewards import call_reward_function, format_reward, reward_name
-from incentivize.rewards.reward_model import VerifierReward
 from incentivize.rewards.user import DEFAULT_TIMEOUT_S
 from incentivize.tasks import Example, Task, reward_columns
 
@@ -110,8 +109,8 @@ class Scorer:
             total = total + self.format_weight * torch.tensor(formats)
         columns = reward_columns(examples)
         for fn, weight in zip(self.reward_functions, self.weights[1:]):
-            # a trained reward model is our own code: no time limit (a large one on a slow CPU is not a hang)
-            timeout = None if isinstance(fn, VerifierReward) else self.timeout_s
+            # a reward model or judge is our own code: no time limit (a large one on a slow CPU is not a hang)
+            timeout = None if getattr(fn, "trusted", False) else self.timeout_s
             call = call_reward_function(fn, list(prompts), list(completions), columns, timeout_s=timeout)
             failures = [e for e in call.errors if e is not None]
             if failures and self.on_error == "raise":

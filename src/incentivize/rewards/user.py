@@ -92,13 +92,19 @@ def _defined_callables(module: ModuleType) -> list[str]:
     )
 
 
-def load_reward_function(spec: str) -> RewardFunction:
+def load_reward_function(spec: str, judge_options: dict[str, Any] | None = None,
+                         process_neutral: str | None = None) -> RewardFunction:
     """The callable named by ``spec``: ``path/to/file.py:function_name`` or ``package.module:function_name``,
-    or a trained reward model, ``orm:DIR``, ``prm:DIR`` or ``rm:DIR`` (`rewards.reward_model.VerifierReward`)."""
+    a trained reward model, ``orm:DIR``, ``prm:DIR`` (its neutral steps counted as `process_neutral` says) or
+    ``rm:DIR`` (`rewards.reward_model.VerifierReward`), or
+    an AI judge, ``judge:MODEL`` (`rewards.judge.JudgeReward`, prompted by `judge_options`)."""
+    from incentivize.rewards.judge import JudgeReward, is_judge_spec
     from incentivize.rewards.reward_model import VerifierReward, is_verifier_spec
 
     if is_verifier_spec(spec):
-        return VerifierReward(spec)
+        return VerifierReward(spec, process_neutral)
+    if is_judge_spec(spec):
+        return JudgeReward(spec, **(judge_options or {}))
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name.strip():
         raise IncentivizeError(

@@ -61,9 +61,9 @@ class Task(ABC):
 
 
 def reward_columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
-    """The extra columns reward functions receive, one list per field: the gold `answer` and each
-    example's own `columns` (None where an example lacks one)."""
-    columns: dict[str, list[Any]] = {"answer": [e.answer for e in examples]}
+    """The extra columns reward functions receive, one list per field: the `question`, the gold `answer` and
+    each example's own `columns` (None where an example lacks one)."""
+    columns: dict[str, list[Any]] = {"question": [e.question for e in examples], "answer": [e.answer for e in examples]}
     for key in sorted({k for e in examples for k in e.columns}):
         columns[key] = [e.columns.get(key) for e in examples]
     return columns

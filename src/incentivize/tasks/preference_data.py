@@ -3,7 +3,8 @@
 Paired (DPO, IPO, SimPO, ...): one JSON object per line with `prompt`, `chosen` and `rejected`. Each is
 plain text, or a conversation: a list of `{"role", "content"}` messages, the prompt's ending with the
 user's turn and each answer holding the assistant's turn.
-Unpaired (KTO): `prompt`, `completion` and `label` (true: desirable, false: undesirable).
+Unpaired (KTO): `prompt`, `completion` and `label` (true or "good": desirable, false or "bad": undesirable).
+Prompt-completion (SFT on a teacher's answers): `prompt` and `completion`.
 
 A pair whose two answers are the same teaches nothing: it is dropped and counted. A missing field, an
 answer that is neither text nor a conversation, and an empty answer stop with one line naming the file,
@@ -20,6 +21,7 @@ from incentivize.errors import IncentivizeError
 from incentivize.tasks.data import read_jsonl
 
 Messages = list[dict[str, str]]
+LABELS = {"good": True, "bad": False}  # KTO labels as words, besides TRL's true and false
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,22 @@ def load_judged_answers(path: str | Path) -> list[JudgedAnswer]:
     path = Path(path)
     rows = []
     for number, row in read_jsonl(path):
-        label = row.get("label")
+        given = row.get("label")
+        label = LABELS.get(given) if isinstance(given, str) else given
         if not isinstance(label, bool):
-            raise IncentivizeError(f"{path}:{number}: field 'label' must be true (desirable) or false (undesirable), "
-                                   f"got {label!r}")
+            raise IncentivizeError(f"{path}:{number}: field 'label' must be true or \"good\" (desirable), false or "
+                                   f"\"bad\" (undesirable), got {given!r}")
         rows.append(JudgedAnswer(_prompt(path, number, row), _answer(path, number, row, "completion"), label))
     if len({r.desirable for r in rows}) < 2:
         raise IncentivizeError(f"{path}: KTO needs desirable and undesirable answers; every label is "
                                f"{rows[0].desirable}")
     return rows
+
+
+def load_completions(path: str | Path) -> list[tuple[Messages, str]]:
+    """The prompt-completion rows of `path` (TRL's format for SFT): each prompt as messages, and its answer."""
+    path = Path(path)
+    return [(_prompt(path, number, row), _answer(path, number, row, "completion")) for number, row in read_jsonl(path)]
 
 
 def _prompt(path: Path, number: int, row: dict[str, Any]) -> Messages:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import torch
 
+from incentivize.algorithms.advantages import append_outcome_step
 from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError
 from incentivize.rewards import load_reward_function
@@ -66,8 +67,9 @@ class StepData:
 
 def build_scorer(config: RLConfig, task: Task) -> Scorer:
     """The rewards of `config`: the task's verifier, reward functions and reward models, shaping."""
+    functions = [load_reward_function(spec, config.judge_options(), config.process_neutral) for spec in config.rewards]
     return Scorer(
-        task, [load_reward_function(spec) for spec in config.rewards], config.reward_weights, config.format_reward,
+        task, functions, config.reward_weights, config.format_reward,
         config.max_completion_length, config.overlong_buffer, config.overlong_penalty,
         timeout_s=config.reward_timeout_s, on_error=config.on_reward_error, process=config.advantage == "grpo_process",
     )
@@ -143,6 +145,10 @@ def collect(config: RLConfig, models: Any, task: Task, examples: list[Example], 
     data.zero_variance_share, data.rounds = zero_share, rounds
     if data.scores.step_rewards is not None:
         data.step_scores, data.step_ends = step_tensors(tokenizer, data.rollouts, data.texts, data.scores.step_rewards)
+        if config.process_outcome_weight:
+            outcome = config.process_outcome_weight * data.scores.correct.float()
+            last = (data.rollouts.completion_lengths - 1).clamp(min=0)
+            data.step_scores, data.step_ends = append_outcome_step(data.step_scores, data.step_ends, outcome, last)
     return data
 
 

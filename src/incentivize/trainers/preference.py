@@ -40,16 +40,17 @@ from incentivize.algorithms.preference import (
 from incentivize.checkpoint import save_model
 from incentivize.config import PreferenceConfig
 from incentivize.errors import IncentivizeError
-from incentivize.eval.runner import EvalSettings, evaluate, sample_completions
+from incentivize.eval.runner import EvalSettings, SampleRecord, evaluate, sample_completions
 from incentivize.models import load
 from incentivize.models.lora import with_lora
 from incentivize.models.speed import describe_paths, enable_training_paths
+from incentivize.rewards.judge import Judge, load_judge
 from incentivize.rollout import SamplingParams
-from incentivize.tasks import load_task, render_prompt
+from incentivize.tasks import Example, load_task, render_prompt
 from incentivize.tasks.encoding import Encoded, encode_solution, pad
 from incentivize.tasks.preference_data import Messages, load_judged_answers, load_preference_pairs
 from incentivize.trainers.loop import SupervisedTrainer
-from incentivize.trainers.run import RunContext, RunResult, StepOutput, run
+from incentivize.trainers.run import RunContext, RunResult, StepOutput, counter, run
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected", "ref_chosen", "ref_rejected")
 
@@ -85,6 +86,7 @@ class PreferenceTrainer(SupervisedTrainer):
         self.kto = config.loss_type == "kto"
         self.loss = None if self.kto else PREFERENCE_LOSSES.get(config.loss_type)
         self.round_items: dict[int, list[Item]] = {}
+        self.judge: Judge | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -96,6 +98,9 @@ class PreferenceTrainer(SupervisedTrainer):
                                    target_modules=config.lora_target_modules)
         self.say(f"speed paths: {describe_paths(enable_training_paths(self.model, linear=config.linear_kernel))}")
         self.pad_id = self.tokenizer.pad_token_id or 0
+        if config.labeller == "judge":
+            assert config.judge is not None
+            self.judge = load_judge(config.judge, **config.judge_options())
         self.task = load_task(config.task, **config.task_options) if config.pairs == "self" or config.eval_limit else None
         self.held_out = self.task.examples("test", config.eval_limit) if self.task and config.eval_limit else []
         if config.pairs == "self":
@@ -163,7 +168,7 @@ class PreferenceTrainer(SupervisedTrainer):
         if self.config.pairs == "self":
             round_ = (step - 1) // self.steps_per_round + 1
             if round_ not in self.round_items:
-                self.items = self.round_items[round_] = self._round_pairs(round_)
+                self.round_items[round_] = self._round_pairs(round_)
             self.items = self.round_items[round_]
             step = (step - 1) % self.steps_per_round + 1
             output = super().step(step)
@@ -179,7 +184,7 @@ class PreferenceTrainer(SupervisedTrainer):
             loss, stats = self._micro_loss(micro)
             (loss.sum() / len(batch)).backward()  # the batch's mean, whatever the micro-batches
             for name, value in stats.items():
-                totals[name] = totals.get(name, 0.0) + float(value.sum()) / len(batch)
+                totals[name] = totals.get(name, 0.0) + float(value.sum()) / _count(batch, name)
         return totals["loss"], totals
 
     def _micro_loss(self, micro: list[Item]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -236,32 +241,59 @@ class PreferenceTrainer(SupervisedTrainer):
         params = SamplingParams(n=config.samples_per_problem, temperature=config.temperature,
                                 max_new_tokens=config.max_completion_length, seed=config.seed * 1_000_003 + round_)
         assert self.task is not None
-        records = sample_completions(self.model, self.tokenizer, self.task, problems, params)
-        rows: list[dict[str, Any]] = []
-        skipped = 0
-        for example in problems:
-            mine = [r for r in records if r.example_id == example.id]
-            right = list(dict.fromkeys(r.completion for r in mine if r.correct))
-            wrong = list(dict.fromkeys(r.completion for r in mine if not r.correct))
-            if not right or not wrong:
-                skipped += 1
-                continue
-            messages = self.task.messages(example)
-            for k in range(min(config.pairs_per_problem, max(len(right), len(wrong)))):
-                rows.append({"prompt": messages, "chosen": right[k % len(right)], "rejected": wrong[k % len(wrong)],
-                         "ref_chosen": 0.0, "ref_rejected": 0.0})
+        records = sample_completions(self.model, self.tokenizer, self.task, problems, params,
+                                     progress=counter(self.context.progress, "sample", len(problems) * params.n))
+        by_problem: dict[str, list[SampleRecord]] = {e.id: [] for e in problems}
+        for record in records:  # one pass: records come in problem order, n per problem
+            by_problem[record.example_id].append(record)
+        pair = self._pairs_by_judge if self.judge is not None else _pairs_by_verifier
+        rows, skipped = pair([(e, self.task.messages(e), by_problem[e.id]) for e in problems], config.pairs_per_problem)
         if not rows:
-            raise IncentivizeError(f"round {round_}: no problem had both a correct and an incorrect completion among "
-                                   f"{config.samples_per_problem} samples; raise samples_per_problem or temperature, "
-                                   "or use a task nearer the model's level")
+            what = ("the judge preferred no completion with judge_confidence" if self.judge is not None else
+                    "no problem had both a correct and an incorrect completion")
+            raise IncentivizeError(f"round {round_}: {what} among {config.samples_per_problem} samples; raise "
+                                   "samples_per_problem or temperature, or use a task nearer the model's level")
         items = [self._item(row) for row in rows]
         self._reference(items)  # the policy at the round's start is the round's reference
         for item, row in zip(items, rows):
             row["ref_chosen"], row["ref_rejected"] = item.ref_first, item.ref_second
         _write_pairs(path, rows)
+        why = "under two distinct answers or the judge unsure" if self.judge is not None else "all right or all wrong"
         self.say(f"round {round_}: {len(items)} pairs from {len(problems) - skipped} problems ({skipped} skipped: "
-                 f"all right or all wrong); written to {path}")
+                 f"{why}); written to {path}")
         return items
+
+    def _pairs_by_judge(self, problems: list[tuple[Example, Messages, list[SampleRecord]]],
+                        per_problem: int) -> tuple[list[dict[str, Any]], int]:
+        """Distinct completions of a problem paired off (the i-th with the (i + n/2)-th), each pair judged in both
+        orders; a pair is kept, its preferred answer chosen, when the judge is `judge_confidence` sure. Where the
+        task's verifier tells the two apart, how often the judge chose the correct one is said."""
+        assert self.judge is not None
+        candidates = []
+        for example, messages, records in problems:
+            texts = list(dict.fromkeys(r.completion for r in records))
+            verdicts = {r.completion: r.correct for r in records}
+            half = len(texts) // 2
+            for k in range(min(per_problem, half)):
+                a, b = texts[k], texts[k + half]
+                candidates.append((example, messages, a, b, verdicts[a], verdicts[b]))
+        p = self.judge.compare([c[0].question for c in candidates], [c[2] for c in candidates],
+                               [c[3] for c in candidates])
+        rows, kept_problems, right, decided = [], set(), 0, 0
+        for (example, messages, a, b, a_correct, b_correct), p_a in zip(candidates, p):
+            if max(p_a, 1 - p_a) < self.config.judge_confidence:
+                continue
+            chosen, rejected = (a, b) if p_a >= 0.5 else (b, a)
+            rows.append({"prompt": messages, "chosen": chosen, "rejected": rejected, "ref_chosen": 0.0,
+                         "ref_rejected": 0.0})
+            kept_problems.add(example.id)
+            if a_correct != b_correct:
+                decided += 1
+                right += (p_a >= 0.5) == a_correct
+        if decided:
+            self.say(f"the judge chose the correct answer in {right} of the {decided} kept pairs the verifier tells "
+                     f"apart ({right / decided:.0%})")
+        return rows, len(problems) - len(kept_problems)
 
     def _item(self, row: dict[str, Any]) -> Item:
         length = self.config.max_length
@@ -281,7 +313,7 @@ class PreferenceTrainer(SupervisedTrainer):
                 for start in range(0, len(self.validation), self.config.micro_batch_size):
                     _, stats = self._micro_loss(self.validation[start : start + self.config.micro_batch_size])
                     for name, value in stats.items():
-                        totals[name] = totals.get(name, 0.0) + float(value.sum()) / len(self.validation)
+                        totals[name] = totals.get(name, 0.0) + float(value.sum()) / _count(self.validation, name)
             metrics |= {f"validation/{k}": v for k, v in totals.items()}
         if self.held_out:
             assert self.task is not None
@@ -301,6 +333,32 @@ class PreferenceTrainer(SupervisedTrainer):
     def status(self, metrics: Any) -> str:
         accuracy = metrics.get("rewards/accuracies")
         return f"loss {metrics['loss']:.4f}" + (f" acc {accuracy:.2f}" if accuracy is not None else "")
+
+
+def _pairs_by_verifier(problems: list[tuple[Example, Messages, list[SampleRecord]]],
+                       per_problem: int) -> tuple[list[dict[str, Any]], int]:
+    """Each problem's distinct correct completions paired with its distinct incorrect ones (up to
+    `per_problem` pairs); problems whose completions are all right or all wrong are skipped and counted."""
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    for _, messages, records in problems:
+        right = list(dict.fromkeys(r.completion for r in records if r.correct))
+        wrong = list(dict.fromkeys(r.completion for r in records if not r.correct))
+        if not right or not wrong:
+            skipped += 1
+            continue
+        for k in range(min(per_problem, max(len(right), len(wrong)))):
+            rows.append({"prompt": messages, "chosen": right[k % len(right)], "rejected": wrong[k % len(wrong)],
+                         "ref_chosen": 0.0, "ref_rejected": 0.0})
+    return rows, skipped
+
+
+def _count(items: list[Item], stat: str) -> int:
+    """The items a stat averages over: KTO's rewards of desirable (undesirable) answers over those alone, as
+    TRL logs them; every other stat over all the items."""
+    if stat in ("rewards/desirable", "rewards/undesirable"):
+        return max(1, sum(i.desirable == (stat == "rewards/desirable") for i in items))
+    return len(items)
 
 
 def _loss_params(config: PreferenceConfig) -> dict[str, float]:

@@ -41,7 +41,8 @@ from incentivize.tasks.data import read_jsonl
 from incentivize.tasks.encoding import Encoded, encode, pad
 from incentivize.tasks.reward_data import load_pairs, load_step_solutions
 from incentivize.trainers.loop import SupervisedTrainer
-from incentivize.trainers.run import RunContext, RunResult, run
+from incentivize.rewards.judge import Judge, load_judge
+from incentivize.trainers.run import RunContext, RunResult, counter, run
 
 
 @dataclass
@@ -83,7 +84,11 @@ class RewardModelTrainer(SupervisedTrainer):
             say(f"reading the solutions sampled before the interruption from {sampled}")
             self.solutions = _solutions_from_rows(str(sampled), read_jsonl(str(sampled)))
         else:
+            # the judge first: a judge that cannot be loaded stops the run before any sampling
+            judge = load_judge(config.judge or "", **config.judge_options()) if config.labeller == "judge" else None
             self.solutions = _collect(config, lm, self.tokenizer, say, context.progress)
+            if judge is not None:
+                self.solutions = _judge_labels(judge, self.solutions, say)
         self.items, self.validation = _split(self.solutions, config.validation_share)
         if not self.items:
             raise IncentivizeError("no training data left after the validation split; lower validation_share")
@@ -199,14 +204,8 @@ def _sample_solutions(config: RewardModelConfig, lm: Any, tokenizer: Any, say: C
         f"({'generator ' + config.generator if config.generator else 'the model itself'}, T {config.temperature})")
     params = SamplingParams(n=config.samples_per_problem, temperature=config.temperature,
                             max_new_tokens=config.max_completion_length, seed=config.seed)
-    done = [0]
-
-    def advance(n: int) -> None:
-        done[0] += n
-        progress("sample", done[0], total)
-
     records = sample_completions(generator.eval(), generator_tokenizer, task, examples, params,
-                                 config.generation_batch_size, advance)
+                                 config.generation_batch_size, counter(progress, "sample", total))
     by_id = {e.id: e for e in examples}
     out = []
     for record in records:
@@ -215,6 +214,17 @@ def _sample_solutions(config: RewardModelConfig, lm: Any, tokenizer: Any, say: C
         out.append(Solution(example.question, record.prompt, record.completion, record.correct,
                             supervised_prefix(labels) if labels is not None else []))
     return out
+
+
+def _judge_labels(judge: Judge, solutions: list[Solution], say: Callable[[str], None]) -> list[Solution]:
+    """The solutions labelled right or wrong by the AI judge (its grade >= 0.5) instead of the task's verifier."""
+    say(f"the judge {judge.name} grades {len(solutions)} solutions")
+    grades = judge.grade([s.problem for s in solutions], [s.completion for s in solutions])
+    labelled = [Solution(s.problem, s.prompt, s.completion, grade >= 0.5, []) for s, grade in zip(solutions, grades)]
+    agree = sum(j.correct == s.correct for j, s in zip(labelled, solutions)) / len(solutions)
+    say(f"the judge calls {sum(s.correct for s in labelled) / len(labelled):.0%} of them correct, the task's verifier "
+        f"{sum(s.correct for s in solutions) / len(solutions):.0%}; they agree on {agree:.0%}")
+    return labelled
 
 
 def _split(items: list[Any], share: float) -> tuple[list[Any], list[Any]]:

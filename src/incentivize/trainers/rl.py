@@ -37,9 +37,11 @@ from incentivize.algorithms.policy_loss import ppo_clip_loss, value_loss
 from incentivize.checkpoint import save_model
 from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError
+from incentivize.eval.monitor import SophistryMonitor, proxies
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.models.speed import describe_paths
-from incentivize.tasks import Example, Task, chat_template_warning, load_task
+from incentivize.rewards import reward_name
+from incentivize.tasks import Example, Task, chat_template_warning, load_task, reward_columns
 from incentivize.trainers.collect import StepData, build_scorer, rollout_metrics, sample_rows, varies
 from incentivize.trainers.collect import collect as _collect
 from incentivize.trainers.flat_state import FlatGradients, flatten_adam_state
@@ -94,6 +96,7 @@ class RLTrainer(Trainer):
             from incentivize.distributed.learners import LearnerGroup
 
             self.learners = LearnerGroup(config, self.learner, self.models.speed_paths["linear"], self.say)
+        self.monitor = SophistryMonitor(config.hacking_patience) if config.monitor == "oracle" else None
         self.total_steps = config.max_steps
 
     def step(self, step: int) -> StepOutput:
@@ -114,8 +117,16 @@ class RLTrainer(Trainer):
                    "tokens_per_second": float(data.rollouts.completion_mask.sum()) / (t2 - t0)}
         if self.pool is not None:
             metrics["time/weight_sync"] = self.pool.sync_seconds
+        alarm = None
+        if self.monitor is not None:
+            watched, alarm = self.monitor.observe(data.scores.components, data.scores.correct.tolist(),
+                                                  proxies(self.scorer.reward_functions))
+            metrics |= watched
+            if alarm and config.on_hacking == "warn":
+                self.say(f"warning: step {step}: {alarm}")
         nonfinite = True if learner.skipped_updates > skipped else (False if learner.updates > updates else None)
-        return StepOutput(metrics, sample_rows(data), nonfinite, no_signal=_no_signal(config, data, metrics))
+        stop = f"{alarm} (on_hacking: stop)" if alarm and config.on_hacking == "stop" else None
+        return StepOutput(metrics, sample_rows(data), nonfinite, no_signal=_no_signal(config, data, metrics), stop=stop)
 
     def close(self) -> None:
         for group in (self.learners, self.pool):  # the learners first: the pool may own the Ray they run on
@@ -123,19 +134,36 @@ class RLTrainer(Trainer):
                 group.close()
 
     def state_dict(self) -> dict[str, Any]:
-        return self.learner.state_dict() | {"sampler": self.sampler.state_dict()}
+        monitor = {"monitor": self.monitor.state_dict()} if self.monitor is not None else {}
+        return self.learner.state_dict() | {"sampler": self.sampler.state_dict()} | monitor
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
+        if self.monitor is not None and "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])
 
     def evaluate(self, label: str, directory: Path) -> dict[str, Any]:
         config = self.config
         self.say(f"evaluating {label} on {len(self.eval_examples)} held-out problems")
         settings = EvalSettings(samples=0, max_new_tokens=config.max_completion_length, seed=config.seed)
         report = evaluate(self.models.policy, self.models.tokenizer, self.task, self.eval_examples, settings)
+        if self.monitor is not None:  # the proxies on held-out answers: U-Sophistry's false-positive rate, before and after
+            report.metrics |= self._proxies_on(report.records)
         report.write(directory, {"model": config.model, "step": label, **settings.model_dump()})
         return report.metrics
+
+    def _proxies_on(self, records: list[Any]) -> dict[str, float]:
+        """`monitor/<proxy>/...` of each learned or judged reward on held-out completions (the greedy ones)."""
+        watched = proxies(self.scorer.reward_functions)
+        if not watched:
+            return {}
+        by_id = {e.id: e for e in self.eval_examples}
+        columns = reward_columns([by_id[r.example_id] for r in records])
+        prompts, completions, oracle = [r.prompt for r in records], [r.completion for r in records], [r.correct for r in records]
+        scores = {reward_name(fn): fn(prompts, completions, **columns) for fn in self.scorer.reward_functions
+                  if reward_name(fn) in watched}
+        return SophistryMonitor(0).observe(scores, oracle, watched)[0]
 
     def checkpoint_model(self) -> tuple[Any, Any]:
         return self.models.policy, self.models.tokenizer

@@ -50,6 +50,18 @@ Say = Callable[[str], None]
 Progress = Callable[..., None]  # (stage, done, total, status="")
 
 
+def counter(progress: Progress, stage: str, total: int) -> Callable[[int], None]:
+    """A callback that adds each call's count to a running total and reports `stage` progress."""
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(stage, done, total)
+
+    return advance
+
+
 @dataclass
 class StepOutput:
     """What one training step reports.
@@ -64,6 +76,7 @@ class StepOutput:
     samples: list[dict[str, Any]] = field(default_factory=list)
     nonfinite: bool | None = False
     no_signal: str | None = None
+    stop: str | None = None  # why the run must stop after this step (it is logged first), in words
 
 
 @dataclass
@@ -273,6 +286,8 @@ class _Lifecycle:
             metrics |= {f"eval/{k}": v for k, v in held_out.items() if isinstance(v, float)}
         logs.write(step, metrics, output.samples)
         self.check_signal(step, output.no_signal)
+        if output.stop is not None:
+            raise IncentivizeError(f"step {step}: {output.stop}; {self.newest_checkpoint_text()}")
         if self.nonfinite_streak >= self.config.max_nonfinite_steps:
             raise IncentivizeError(
                 f"step {step}: the loss or gradient was NaN or infinite in {self.nonfinite_streak} steps in a row "

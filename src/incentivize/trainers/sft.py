@@ -1,4 +1,5 @@
-"""Supervised fine-tuning on a task's reference solutions: next-token cross-entropy on the solution
+"""Supervised fine-tuning on a task's reference solutions, or on the prompt-completion rows of `data`
+(TRL's format; e.g. a teacher's answers): next-token cross-entropy on the solution
 tokens, averaged over all of a batch's solution tokens; the prompt (rendered with the chat template)
 is context, not a target. Held-out greedy accuracy is measured before and after."""
 
@@ -19,6 +20,7 @@ from incentivize.models import load
 from incentivize.models.speed import describe_paths, enable_training_paths
 from incentivize.tasks import load_task
 from incentivize.tasks.encoding import Encoded, encode_solution, pad
+from incentivize.tasks.preference_data import load_completions
 from incentivize.trainers.loop import SupervisedTrainer
 from incentivize.trainers.run import RunContext, RunResult, run
 
@@ -42,14 +44,17 @@ class SFTTrainer(SupervisedTrainer):
     def setup(self, context: RunContext) -> None:
         config, self.say = self.config, context.say
         self.task = load_task(config.task, **config.task_options)
-        examples = [e for e in self.task.examples("train", config.num_examples) if e.solution]
-        if not examples:
-            raise IncentivizeError(f"task {config.task!r} has no reference solutions to fine-tune on")
+        if config.data is not None:  # prompt-completion rows, e.g. a teacher's answers
+            rows = load_completions(config.data)[: config.num_examples]
+        else:
+            rows = [(self.task.messages(e), e.solution) for e in self.task.examples("train", config.num_examples)
+                    if e.solution]
+            if not rows:
+                raise IncentivizeError(f"task {config.task!r} has no reference solutions to fine-tune on")
         self.model, self.tokenizer = load(config.model)
         paths = enable_training_paths(self.model, linear=config.linear_kernel, grad_in_place=True)
         self.say(f"speed paths: {describe_paths(paths)}")
-        self.items = [encode_solution(self.tokenizer, self.task.messages(e), e.solution or "", config.max_length)
-                      for e in examples]
+        self.items = [encode_solution(self.tokenizer, prompt, answer, config.max_length) for prompt, answer in rows]
         self.held_out = self.task.examples("test", config.eval_limit)
         self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
         self.say(f"{len(self.items)} solutions, {config.epochs} epochs ({self.total_steps} steps); "
