@@ -87,6 +87,7 @@ class PreferenceTrainer(SupervisedTrainer):
         self.loss = None if self.kto else PREFERENCE_LOSSES.get(config.loss_type)
         self.round_items: dict[int, list[Item]] = {}
         self.judge: Judge | None = None
+        self.truncated = 0  # answers whose prompt was cut to fit max_length, in the file being read
 
     # ------------------------------------------------------------------ setup
 
@@ -122,33 +123,36 @@ class PreferenceTrainer(SupervisedTrainer):
             self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
 
     def _read(self, path: Path) -> list[Item]:
-        length = self.config.max_length
-        truncated = 0
-
-        def encode(prompt: Messages, answer: str) -> Encoded:
-            nonlocal truncated
-            full = encode_solution(self.tokenizer, prompt, answer, 10**9)
-            if len(full.ids) > length:
-                truncated += 1  # keep the answer whole where it fits, cut the prompt from its start
-                keep = max(1, length - (len(full.ids) - full.completion_start))
-                start = full.completion_start - keep
-                full = Encoded(full.ids[start : start + length], keep, [])
-            return full
-
+        self.truncated = 0
         if self.kto:
             rows = load_judged_answers(path)
-            items = [Item(self._text(r.prompt), encode(r.prompt, r.completion),
-                          encode(r.prompt, rows[i - 1].completion), r.desirable) for i, r in enumerate(rows)]
+            items = [Item(self._text(r.prompt), self._encode(r.prompt, r.completion),
+                          self._encode(r.prompt, rows[i - 1].completion), r.desirable) for i, r in enumerate(rows)]
         else:
             pairs, identical = load_preference_pairs(path)
             if identical:
                 self.say(f"warning: {path}: dropped {identical} pairs whose chosen and rejected answers are the same")
-            items = [Item(self._text(p.prompt), encode(p.prompt, p.chosen), encode(p.prompt, p.rejected))
+            items = [Item(self._text(p.prompt), self._encode(p.prompt, p.chosen), self._encode(p.prompt, p.rejected))
                      for p in pairs]
-        if truncated:
-            self.say(f"warning: {path}: {truncated} answers with their prompt are longer than max_length ({length}): "
-                     "their prompts were cut from the start")
+        self._warn_truncated(path)
         return items
+
+    def _encode(self, prompt: Messages, answer: str) -> Encoded:
+        """An answer with its prompt, at most `max_length` tokens: the answer kept whole where it fits, the prompt
+        cut from its start (counted in `self.truncated`)."""
+        length = self.config.max_length
+        full = encode_solution(self.tokenizer, prompt, answer, 10**9)
+        if len(full.ids) <= length:
+            return full
+        self.truncated += 1
+        keep = max(1, length - (len(full.ids) - full.completion_start))
+        start = full.completion_start - keep
+        return Encoded(full.ids[start : start + length], keep, [])
+
+    def _warn_truncated(self, path: Path) -> None:
+        if self.truncated:
+            self.say(f"warning: {path}: {self.truncated} answers with their prompt are longer than max_length "
+                     f"({self.config.max_length}): their prompts were cut from the start")
 
     def _text(self, prompt: Messages) -> str:
         return str(self.tokenizer.decode(render_prompt(self.tokenizer, prompt)))
@@ -230,8 +234,11 @@ class PreferenceTrainer(SupervisedTrainer):
     def _round_pairs(self, round_: int) -> list[Item]:
         """Round `round_`'s pairs: read back from its file after a resume, else sampled, verified and paired."""
         path = self.context.run_dir / f"pairs-round-{round_}.jsonl"
+        self.truncated = 0
         if path.exists():
-            return [self._item(row) for row in _read_pairs(path)]
+            items = [self._item(row) for row in _read_pairs(path)]
+            self._warn_truncated(path)
+            return items
         config = self.config
         first = ((round_ - 1) * config.problems_per_round) % len(self.problems)
         problems = [self.problems[(first + i) % len(self.problems)] for i in range(config.problems_per_round)]
@@ -254,6 +261,7 @@ class PreferenceTrainer(SupervisedTrainer):
             raise IncentivizeError(f"round {round_}: {what} among {config.samples_per_problem} samples; raise "
                                    "samples_per_problem or temperature, or use a task nearer the model's level")
         items = [self._item(row) for row in rows]
+        self._warn_truncated(path)
         self._reference(items)  # the policy at the round's start is the round's reference
         for item, row in zip(items, rows):
             row["ref_chosen"], row["ref_rejected"] = item.ref_first, item.ref_second
@@ -296,9 +304,8 @@ class PreferenceTrainer(SupervisedTrainer):
         return rows, len(problems) - len(kept_problems)
 
     def _item(self, row: dict[str, Any]) -> Item:
-        length = self.config.max_length
-        item = Item(self._text(row["prompt"]), encode_solution(self.tokenizer, row["prompt"], row["chosen"], length),
-                    encode_solution(self.tokenizer, row["prompt"], row["rejected"], length))
+        item = Item(self._text(row["prompt"]), self._encode(row["prompt"], row["chosen"]),
+                    self._encode(row["prompt"], row["rejected"]))
         item.ref_first, item.ref_second = float(row.get("ref_chosen", 0.0)), float(row.get("ref_rejected", 0.0))
         return item
 
