@@ -81,7 +81,8 @@ def eval_command(
     data: Annotated[Optional[str], typer.Option(help="data file (gsm8k, jsonl) or a datasets name")] = None,
     split: Annotated[str, typer.Option(help="split of a built-in task")] = "test",
     limit: Annotated[int, typer.Option(min=1, help="number of problems")] = 200,
-    samples: Annotated[int, typer.Option(min=0, help="sampled completions per problem for pass@k / maj@k (0: greedy only)")] = 8,
+    samples: Annotated[Optional[int], typer.Option(min=0, help="sampled completions per problem for pass@k / maj@k "
+                                                   "(0: greedy only; default 8, with --self-correct 0)")] = None,
     temperature: Annotated[float, typer.Option(help="temperature of the sampled pass")] = 0.7,
     top_p: Annotated[float, typer.Option()] = 1.0,
     top_k: Annotated[int, typer.Option(help="0 disables top-k")] = 0,
@@ -96,9 +97,14 @@ def eval_command(
     digits: Annotated[Optional[int], typer.Option(help="arithmetic: digits per number")] = None,
     word_problems: Annotated[Optional[bool], typer.Option("--word-problems", help="arithmetic: tell problems as stories")] = None,
     select: Annotated[Optional[str], typer.Option(help=SELECT_HELP)] = None,
+    self_correct: Annotated[bool, typer.Option("--self-correct", help="two attempts per problem, the second after "
+                                               "an instruction to correct the first (SCoRe's metrics)")] = False,
+    correction_instruction: Annotated[Optional[str], typer.Option(help="--self-correct: the second turn's "
+                                                                  "instruction (default: SCoRe's)")] = None,
 ) -> None:
     """Greedy accuracy, pass@k, maj@k, lengths and parse rate of a model on a task; with --select,
-    the accuracy of voting and of best-of-N by trained verifiers as N grows."""
+    the accuracy of voting and of best-of-N by trained verifiers as N grows; with --self-correct, how
+    a second attempt changes the first."""
     from incentivize.atomic import require_directory_path
     from incentivize.eval.runner import EvalSettings, evaluate
     from incentivize.inference.selection import parse_select, sweep_markdown
@@ -107,6 +113,14 @@ def eval_command(
     from incentivize.tasks import chat_template_warning, load_task
 
     _quiet_transformers()
+    if self_correct and (select is not None or reward):
+        raise IncentivizeError("--self-correct measures two attempts with the task's verifier; drop --select and "
+                               "--reward, or evaluate without --self-correct")
+    if correction_instruction is not None and not self_correct:
+        raise IncentivizeError("--correction-instruction is the second turn of --self-correct; add --self-correct")
+    if correction_instruction is not None and not correction_instruction.strip():
+        raise IncentivizeError("--correction-instruction is empty; give the instruction text, or drop it for SCoRe's")
+    samples = samples if samples is not None else (0 if self_correct else 8)
     reward_functions = [load_reward_function(spec) for spec in reward or []]
     select_specs = parse_select(select) if select is not None else []
     if select_specs and samples < 1:
@@ -128,6 +142,10 @@ def eval_command(
     console.print(f"loaded {model} in {time.perf_counter() - started:.1f}s; {len(examples)} {task} problems")
     if warning := chat_template_warning(tokenizer, model):
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    if self_correct:
+        _self_correct(the_model, tokenizer, the_task, examples, settings, correction_instruction, output,
+                      {"model": model, "task": task, "data": data, "split": split, "limit": limit}, started)
+        return
     work = len(examples) * (1 + samples + samples * len(verifiers))
     with ProgressReporter("generating and scoring" if verifiers else "generating", work, console) as progress:
         report = evaluate(the_model, tokenizer, the_task, examples, settings, reward_functions=reward_functions,
@@ -144,6 +162,24 @@ def eval_command(
     else:
         console.print(f"wrote {output}/results.json and {output}/samples.jsonl")
     _check_reward_errors(report.reward_errors, len(report.records))
+
+
+def _self_correct(model: Any, tokenizer: Any, task: Any, examples: list[Any], settings: Any, instruction: str | None,
+                  output: Path, described: dict[str, Any], started: float) -> None:
+    """`eval --self-correct`: both attempts of every problem, SCoRe's metrics printed and written."""
+    from incentivize.eval.self_correct import INSTRUCTION, check_multi_turn, self_correct
+
+    check_multi_turn(tokenizer, described["model"])
+    instruction = instruction or INSTRUCTION
+    work = 2 * len(examples) * max(1, settings.samples)
+    with ProgressReporter("first and second attempts", work, console) as progress:
+        report = self_correct(model, tokenizer, task, examples, settings, instruction=instruction,
+                              progress=progress.advance)
+    report.metrics["seconds"] = round(time.perf_counter() - started, 1)
+    report.write(output, {**described, **settings.model_dump(), "self_correct": True, "instruction": instruction})
+    _print_metrics(report.metrics, f"{described['model']} on {described['task']}, two attempts "
+                                   f"({len(examples)} problems)")
+    console.print(f"wrote {output}/results.json and {output}/samples.jsonl (both attempts per line)")
 
 
 @app.command("report")

@@ -122,7 +122,7 @@ def evaluate(
             selectors = [Selector("majority"), *selectors]
     prompts = [render_prompt(tokenizer, task.messages(e)) for e in examples]
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=settings.max_new_tokens, seed=settings.seed)
-    records = _decode_all(model, tokenizer, task, examples, prompts, greedy, "greedy", settings.batch_size, progress)
+    records = decode_prompts(model, tokenizer, task, examples, prompts, greedy, "greedy", settings.batch_size, progress)
     if settings.samples > 0:
         sampled = SamplingParams(
             n=settings.samples,
@@ -132,7 +132,7 @@ def evaluate(
             max_new_tokens=settings.max_new_tokens,
             seed=settings.seed,
         )
-        records += _decode_all(model, tokenizer, task, examples, prompts, sampled, "sample", settings.batch_size, progress)
+        records += decode_prompts(model, tokenizer, task, examples, prompts, sampled, "sample", settings.batch_size, progress)
         questions = {e.id: e.question for e in examples}
         _score_with_verifiers([r for r in records if r.mode == "sample"], verifiers, questions, settings.batch_size,
                               progress)
@@ -146,7 +146,7 @@ def evaluate(
     return EvalReport(metrics, records, reward_errors, table)
 
 
-def _decode_all(
+def decode_prompts(
     model: torch.nn.Module,
     tokenizer: Any,
     task: Task,
@@ -157,6 +157,8 @@ def _decode_all(
     batch_size: int,
     progress: Callable[[int], None] | None,
 ) -> list[SampleRecord]:
+    """`params.n` completions of each of `prompts` (token ids; the i-th asks `examples[i]`), each verified by the
+    task, in prompt order. Each prompt has its own seed, so the results do not depend on `batch_size`."""
     # Batches of similar prompt length waste little on padding; results go back in input order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     per_batch = max(1, batch_size // params.n)
@@ -193,7 +195,7 @@ def sample_completions(
 ) -> list[SampleRecord]:
     """`params.n` verified completions per example, in example order (reward-model training data)."""
     prompts = [render_prompt(tokenizer, task.messages(e)) for e in examples]
-    return _decode_all(model, tokenizer, task, examples, prompts, params, "sample", batch_size, progress)
+    return decode_prompts(model, tokenizer, task, examples, prompts, params, "sample", batch_size, progress)
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
