@@ -7,7 +7,9 @@ import pytest
 
 from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import EvalSettings, SampleRecord
-from incentivize.eval.self_correct import INSTRUCTION, Attempts, check_multi_turn, self_correct, self_correction_metrics
+from incentivize.eval.self_correct import Attempts, self_correct, self_correction_metrics
+from incentivize.rollout.episodes import turn_separator
+from incentivize.tasks.environments import CORRECTION_INSTRUCTION as INSTRUCTION
 from incentivize.tasks import load_task
 from test_cli import _assert_one_line_error, _cli
 
@@ -54,11 +56,11 @@ def test_the_second_attempt_reads_the_first_and_the_instruction(tiny):
 
 def test_a_template_that_forgets_earlier_turns_is_refused(tiny):
     _, tokenizer = tiny
-    check_multi_turn(tokenizer, "tiny-random")  # SmolLM2's template keeps every turn
+    turn_separator(tokenizer, "fix it", [tokenizer.eos_token_id])  # SmolLM2's template keeps every turn
     forgetful = copy.deepcopy(tokenizer)
     forgetful.chat_template = "{{ messages[-1]['content'] }}"
-    with pytest.raises(IncentivizeError, match="drops the earlier turns"):
-        check_multi_turn(forgetful, "forgetful")
+    with pytest.raises(IncentivizeError, match="does not hold a conversation"):
+        turn_separator(forgetful, "fix it", [tokenizer.eos_token_id])
 
 
 def test_eval_self_correct_writes_both_attempts(tmp_path):

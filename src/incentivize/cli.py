@@ -167,10 +167,10 @@ def eval_command(
 def _self_correct(model: Any, tokenizer: Any, task: Any, examples: list[Any], settings: Any, instruction: str | None,
                   output: Path, described: dict[str, Any], started: float) -> None:
     """`eval --self-correct`: both attempts of every problem, SCoRe's metrics printed and written."""
-    from incentivize.eval.self_correct import INSTRUCTION, check_multi_turn, self_correct
+    from incentivize.eval.self_correct import self_correct
+    from incentivize.tasks.environments import CORRECTION_INSTRUCTION
 
-    check_multi_turn(tokenizer, described["model"])
-    instruction = instruction or INSTRUCTION
+    instruction = instruction or CORRECTION_INSTRUCTION
     work = 2 * len(examples) * max(1, settings.samples)
     with ProgressReporter("first and second attempts", work, console) as progress:
         report = self_correct(model, tokenizer, task, examples, settings, instruction=instruction,

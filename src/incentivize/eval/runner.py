@@ -163,12 +163,12 @@ def decode_prompts(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     per_batch = max(1, batch_size // params.n)
     by_example: dict[int, list[SampleRecord]] = {}
-    eos_ids = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     seeds = prompt_seeds(params.seed, len(prompts))  # each problem its own: results do not depend on batch_size
     for start in range(0, len(order), per_batch):
         chunk = order[start : start + per_batch]
         rollouts = generate(
-            model, [prompts[i] for i in chunk], params, eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id,
+            model, [prompts[i] for i in chunk], params, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id,
             decode=tokenizer.decode, seeds=[seeds[i] for i in chunk],
         )
         completions = rollouts.completion_token_lists()
@@ -198,7 +198,7 @@ def sample_completions(
     return decode_prompts(model, tokenizer, task, examples, prompts, params, "sample", batch_size, progress)
 
 
-def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+def eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
     """The tokenizer's EOS plus whatever the model's generation config also stops on."""
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

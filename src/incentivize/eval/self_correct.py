@@ -1,8 +1,9 @@
 """Self-correction: a second attempt after the model reads its first (SCoRe, Kumar et al. 2024, section 3).
 
-Turn 1 is the task's prompt; turn 2 is the same conversation with the model's first answer as the assistant's
-turn and an instruction to find and fix a mistake, with no word on whether the first answer was right. Both
-attempts are checked by the task's verifier. The metrics are the paper's:
+Two-turn episodes of the `SelfCorrection` environment (`incentivize.tasks.environments`): turn 1 is the task's
+prompt; turn 2 continues the conversation after the model's first answer with an instruction to find and fix a
+mistake, with no word on whether the first answer was right. Both attempts are checked by the task's verifier.
+The metrics are the paper's:
 
 - `accuracy@t1`, `accuracy@t2` and `delta` = accuracy@t2 - accuracy@t1;
 - `delta_i_to_c`: the share of attempts wrong at turn 1 and right at turn 2, `delta_c_to_i` the reverse
@@ -26,33 +27,12 @@ from typing import Any
 
 import torch
 
-from incentivize.errors import IncentivizeError
-from incentivize.eval.runner import EvalSettings, SampleRecord, decode_prompts
+from incentivize.eval.runner import EvalSettings, SampleRecord, eos_ids
 from incentivize.rollout import SamplingParams
-from incentivize.tasks import Example, Task, render_prompt
-
-# SCoRe's instruction (Appendix A), its answer-format sentence replaced by one that fits any task
-INSTRUCTION = ("There might be an error in the solution above because of lack of understanding of the question. "
-               "Please correct the error, if any, and rewrite the solution. End with the final answer in the form "
-               "the question asked for.")
-
-
-def correction_messages(task: Task, example: Example, first_attempt: str,
-                        instruction: str = INSTRUCTION) -> list[dict[str, str]]:
-    """The conversation of the second turn: the task's prompt, the first attempt, the instruction."""
-    return [*task.messages(example), {"role": "assistant", "content": first_attempt},
-            {"role": "user", "content": instruction}]
-
-
-def check_multi_turn(tokenizer: Any, model_name: str) -> None:
-    """Refuse a chat template that does not keep the earlier turns of a conversation (some keep only the last
-    user message): the second attempt would not see the first."""
-    marker = "first-attempt-4f1c"
-    ids = render_prompt(tokenizer, [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker},
-                                    {"role": "user", "content": "again"}])
-    if marker not in tokenizer.decode(ids):
-        raise IncentivizeError(f"the chat template of {model_name} drops the earlier turns of a conversation, so a "
-                               "second attempt cannot read the first; use a model whose template holds several turns")
+from incentivize.rollout.engine import prompt_seeds
+from incentivize.rollout.episodes import Episodes, run_episodes, turn_separator
+from incentivize.tasks import Example, Task
+from incentivize.tasks.environments import CORRECTION_INSTRUCTION, SelfCorrection
 
 
 @dataclass
@@ -91,27 +71,44 @@ def _attempt_row(record: SampleRecord) -> dict[str, Any]:
 
 
 def self_correct(model: torch.nn.Module, tokenizer: Any, task: Task, examples: Sequence[Example],
-                 settings: EvalSettings, *, instruction: str = INSTRUCTION,
+                 settings: EvalSettings, *, instruction: str = CORRECTION_INSTRUCTION,
                  progress: Callable[[int], None] | None = None) -> SelfCorrectionReport:
     """Two attempts at each of `examples` (greedy, or `settings.samples` sampled first attempts each), checked
-    by the task; `progress(n)` gets completed sequences (first attempts, then second ones)."""
+    by the task; `progress(n)` gets completed attempts (first ones, then second ones)."""
+    eos = eos_ids(model, tokenizer)
+    turn_separator(tokenizer, instruction, eos)  # a template that cannot hold the conversation stops us now
     n = max(1, settings.samples)
-    temperature = settings.temperature if settings.samples else 0.0
-    params = SamplingParams(n=n, temperature=temperature, top_p=settings.top_p, top_k=settings.top_k,
-                            max_new_tokens=settings.max_new_tokens, seed=settings.seed)
+    params = SamplingParams(temperature=settings.temperature if settings.samples else 0.0, top_p=settings.top_p,
+                            top_k=settings.top_k, max_new_tokens=settings.max_new_tokens, seed=settings.seed)
+    episodes = [e for e in examples for _ in range(n)]
+    # sample j of problem i has the seed of row j of prompt i in a one-turn evaluation
+    seeds = [seed + j for seed in prompt_seeds(settings.seed, len(examples)) for j in range(n)]
+    result = run_episodes(model, tokenizer, episodes, [SelfCorrection(task, instruction) for _ in episodes],
+                          params, 2, eos_token_ids=eos, seeds=seeds, batch_size=settings.batch_size,
+                          progress=progress)
     mode = "sample" if settings.samples else "greedy"
-    prompts = [render_prompt(tokenizer, task.messages(e)) for e in examples]
-    firsts = decode_prompts(model, tokenizer, task, examples, prompts, params, mode, settings.batch_size, progress)
-    by_id = {e.id: e for e in examples}
-    second_examples = [by_id[r.example_id] for r in firsts]
-    second_prompts = [render_prompt(tokenizer, correction_messages(task, by_id[r.example_id], r.completion, instruction))
-                      for r in firsts]
-    # each second attempt its own seed, distinct from the first attempts' (a different stream of the same seed)
-    second_params = params.model_copy(update={"n": 1, "seed": settings.seed * 1_000_003 + 1})
-    seconds = decode_prompts(model, tokenizer, task, second_examples, second_prompts, second_params, mode,
-                             settings.batch_size, progress)
-    attempts = [Attempts(f.example_id, f.index, f, s) for f, s in zip(firsts, seconds)]
+    attempts = [Attempts(e.id, k % n, *_records(tokenizer, task, e, result, k, mode)) for k, e in enumerate(episodes)]
     return SelfCorrectionReport(self_correction_metrics(attempts) | {"problems": len(examples)}, attempts)
+
+
+def _records(tokenizer: Any, task: Task, example: Example, result: Episodes, k: int,
+             mode: str) -> tuple[SampleRecord, SampleRecord]:
+    """The two attempts of episode `k`, each with the prompt it was sampled from."""
+    rollouts = result.rollouts
+    prompt = rollouts.prompt_ids[k][rollouts.prompt_mask[k].bool()].tolist()
+    completion = rollouts.completion_ids[k].tolist()
+    records = []
+    for turn in range(2):
+        took_place = turn < len(result.turn_spans[k])  # not when the environment failed on the first attempt
+        start, end = result.turn_spans[k][turn] if took_place else (len(completion), len(completion))
+        text = result.texts[k][turn] if took_place else ""
+        verdict = task.verify(example, text)
+        records.append(SampleRecord(
+            example_id=example.id, mode=mode, index=0, prompt=str(tokenizer.decode(prompt + completion[:start])),
+            completion=text, extracted=verdict.extracted, gold=example.answer, correct=verdict.correct,
+            finish_reason=result.turn_reasons[k][turn] if took_place else "none", num_tokens=end - start,
+        ))
+    return records[0], records[1]
 
 
 def self_correction_metrics(attempts: Sequence[Attempts]) -> dict[str, float]:

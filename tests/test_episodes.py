@@ -1,0 +1,113 @@
+"""Multi-turn episodes: the model's tokens trained, the environment's never; exact log-probs; faults contained."""
+
+import time
+
+import pytest
+import torch
+
+from incentivize.errors import IncentivizeError
+from incentivize.rollout import SamplingParams
+from incentivize.rollout.episodes import Turn, run_episodes
+from incentivize.tasks import load_task
+from incentivize.tasks.environments import CORRECTION_INSTRUCTION, SelfCorrection
+
+TOOL_OUTPUT = "TOOL OUTPUT: 1234567"
+
+
+class Echo:
+    """Answers every turn with a fixed message; the reward is the turn's number."""
+
+    def __init__(self):
+        self.turn = 0
+
+    def reset(self, example):
+        return [{"role": "user", "content": example.question}]
+
+    def step(self, completion):
+        self.turn += 1
+        return Turn(float(self.turn), TOOL_OUTPUT)
+
+
+class Broken(Echo):
+    def step(self, completion):
+        raise RuntimeError("the tool crashed")
+
+
+class Stuck(Echo):
+    def step(self, completion):
+        time.sleep(30)
+
+
+def _episodes(tiny, environments, max_turns=3, **options):
+    model, tokenizer = tiny
+    examples = load_task("arithmetic").examples("test", len(environments))
+    params = SamplingParams(temperature=1.0, max_new_tokens=5, seed=3)
+    return run_episodes(model, tokenizer, examples, environments, params, max_turns,
+                        eos_token_ids=[tokenizer.eos_token_id], **options)
+
+
+def test_environment_tokens_are_masked_out_and_model_tokens_kept(tiny):
+    _, tokenizer = tiny
+    result = _episodes(tiny, [Echo(), Echo()])
+    rollouts = result.rollouts
+    for i in range(2):
+        ids, mask = rollouts.completion_ids[i].tolist(), rollouts.completion_mask[i].tolist()
+        assert len(result.turn_spans[i]) == 3 and result.turn_rewards[i].tolist() == [1.0, 2.0, 3.0]
+        model_tokens = [t for t, m in zip(ids, mask) if m == 1]
+        assert model_tokens == [t for start, end in result.turn_spans[i] for t in ids[start:end]]
+        for start, end in result.turn_spans[i]:
+            assert all(mask[start:end])
+        # everything between two model turns is the environment's, and none of it is trained on
+        for (_, end), (start, _) in zip(result.turn_spans[i], result.turn_spans[i][1:]):
+            between = tokenizer.decode(ids[end:start])
+            assert TOOL_OUTPUT in between and not any(mask[end:start])
+        assert TOOL_OUTPUT not in tokenizer.decode(model_tokens)
+        assert all(rollouts.logprobs[i, k] == 0 for k in range(len(mask)) if mask[k] == 0)
+
+
+def test_the_logprobs_are_those_of_a_forward_pass_over_the_whole_conversation(tiny):
+    model, _ = tiny
+    rollouts = _episodes(tiny, [Echo(), Echo(), Echo()]).rollouts
+    ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)
+    attention = torch.cat([rollouts.prompt_mask, torch.ones_like(rollouts.completion_ids)], dim=1)
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits.float()
+    width = rollouts.completion_ids.shape[1]
+    token_logits = logits[:, -width - 1 : -1]
+    fresh = torch.log_softmax(token_logits, -1).gather(2, rollouts.completion_ids[..., None]).squeeze(2)
+    mask = rollouts.completion_mask.bool()
+    assert mask.sum() > 0
+    torch.testing.assert_close(rollouts.logprobs[mask], fresh[mask], atol=2e-4, rtol=0)
+
+
+def test_an_episode_does_not_depend_on_its_batch(tiny):
+    alone = _episodes(tiny, [Echo()])
+    together = _episodes(tiny, [Echo(), Echo(), Echo()], batch_size=2)
+    assert alone.texts[0] == together.texts[0]
+
+
+def test_an_environment_that_fails_or_hangs_costs_only_its_episode(tiny):
+    result = _episodes(tiny, [Echo(), Broken(), Stuck()], timeout_s=0.5)
+    assert result.faults[0] is None and "the tool crashed" in result.faults[1] and "longer than 0.5s" in result.faults[2]
+    assert len(result.turn_spans[0]) == 3
+    assert len(result.turn_spans[1]) == len(result.turn_spans[2]) == 1
+    assert torch.isnan(result.turn_rewards[1]).all() and torch.isnan(result.turn_rewards[2]).all()
+
+
+def test_self_correction_rewards_each_attempt_by_the_verifier(tiny):
+    model, tokenizer = tiny
+    task = load_task("arithmetic")
+    examples = task.examples("test", 2)
+    params = SamplingParams(temperature=0.0, max_new_tokens=5)
+    result = run_episodes(model, tokenizer, examples, [SelfCorrection(task) for _ in examples], params, 2,
+                          eos_token_ids=[tokenizer.eos_token_id])
+    for k, example in enumerate(examples):
+        assert result.turn_rewards[k].tolist() == [float(task.verify(example, t).correct) for t in result.texts[k]]
+        (_, end), (start, _) = result.turn_spans[k]
+        assert CORRECTION_INSTRUCTION in tokenizer.decode(result.rollouts.completion_ids[k, end:start].tolist())
+
+
+def test_max_turns_below_one_is_refused(tiny):
+    with pytest.raises(IncentivizeError, match="max_turns must be at least 1"):
+        _episodes(tiny, [Echo()], max_turns=0)
