@@ -79,9 +79,36 @@ def test_eval_self_correct_writes_both_attempts(tmp_path):
 @pytest.mark.parametrize("args, fact", [
     (["--self-correct", "--select", "majority", "--samples", "2"], "drop --select"),
     (["--correction-instruction", "Fix it."], "add --self-correct"),
+    (["--traces", "t.jsonl"], "add --self-correct"),
     (["--self-correct", "--correction-instruction", " "], "is empty"),
 ])
 def test_self_correct_options_that_do_not_fit_are_one_line(tmp_path, args, fact):
     result = _cli("eval", "--model", "tiny-random", "--limit", 2, "--output", tmp_path / "x", *args)
     _assert_one_line_error(result, fact)
     assert not (tmp_path / "x").exists()
+
+
+def test_wrong_then_right_pairs_become_sft_traces(tiny, tmp_path, monkeypatch):
+    from incentivize.eval import self_correct as module
+    from incentivize.tasks.preference_data import load_completions
+
+    model, tokenizer = tiny
+    task = load_task("arithmetic")
+    examples = task.examples("test", 3)
+    verdicts = iter([(False, True), (True, True), (False, False)])
+
+    def scripted(tokenizer, task, example, result, k, mode):  # the verifier's verdicts, scripted
+        first, second = next(verdicts)
+        return _record(first, f"first {k}"), _record(second, f"second {k}")
+
+    monkeypatch.setattr(module, "_records", scripted)
+    report = self_correct(model, tokenizer, task, examples, EvalSettings(samples=0, max_new_tokens=2))
+    assert report.metrics["delta_i_to_c"] == pytest.approx(1 / 3)
+    report.write_traces(tmp_path / "traces.jsonl")
+    rows = load_completions(tmp_path / "traces.jsonl")
+    assert len(rows) == 1
+    prompt, completion = rows[0]
+    assert completion == "second 0"
+    assert [m["role"] for m in prompt] == ["user", "assistant", "user"]
+    assert prompt[1]["content"] == "first 0" and prompt[2]["content"] == INSTRUCTION
+    assert examples[0].question in prompt[0]["content"]

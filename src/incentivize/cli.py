@@ -101,6 +101,8 @@ def eval_command(
                                                "an instruction to correct the first (SCoRe's metrics)")] = False,
     correction_instruction: Annotated[Optional[str], typer.Option(help="--self-correct: the second turn's "
                                                                   "instruction (default: SCoRe's)")] = None,
+    traces: Annotated[Optional[Path], typer.Option(help="--self-correct: write the wrong-then-right attempts here "
+                                                        "as prompt-completion JSONL (SFT on corrections)")] = None,
 ) -> None:
     """Greedy accuracy, pass@k, maj@k, lengths and parse rate of a model on a task; with --select,
     the accuracy of voting and of best-of-N by trained verifiers as N grows; with --self-correct, how
@@ -116,8 +118,8 @@ def eval_command(
     if self_correct and (select is not None or reward):
         raise IncentivizeError("--self-correct measures two attempts with the task's verifier; drop --select and "
                                "--reward, or evaluate without --self-correct")
-    if correction_instruction is not None and not self_correct:
-        raise IncentivizeError("--correction-instruction is the second turn of --self-correct; add --self-correct")
+    if (correction_instruction is not None or traces is not None) and not self_correct:
+        raise IncentivizeError("--correction-instruction and --traces belong to --self-correct; add --self-correct")
     if correction_instruction is not None and not correction_instruction.strip():
         raise IncentivizeError("--correction-instruction is empty; give the instruction text, or drop it for SCoRe's")
     samples = samples if samples is not None else (0 if self_correct else 8)
@@ -134,6 +136,8 @@ def eval_command(
                          max_new_tokens=max_new_tokens or the_task.max_new_tokens, batch_size=batch_size, seed=seed)
     output = output or Path("results") / f"eval-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     require_directory_path(output, "--output")  # found now, not after the whole evaluation
+    if traces is not None and traces.is_dir():
+        raise IncentivizeError(f"--traces: {traces} is a directory; give the path of a JSONL file to write")
 
     started = time.perf_counter()
     verifiers, selectors = _load_verifiers(select_specs)
@@ -143,7 +147,7 @@ def eval_command(
     if warning := chat_template_warning(tokenizer, model):
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if self_correct:
-        _self_correct(the_model, tokenizer, the_task, examples, settings, correction_instruction, output,
+        _self_correct(the_model, tokenizer, the_task, examples, settings, correction_instruction, output, traces,
                       {"model": model, "task": task, "data": data, "split": split, "limit": limit}, started)
         return
     work = len(examples) * (1 + samples + samples * len(verifiers))
@@ -165,7 +169,7 @@ def eval_command(
 
 
 def _self_correct(model: Any, tokenizer: Any, task: Any, examples: list[Any], settings: Any, instruction: str | None,
-                  output: Path, described: dict[str, Any], started: float) -> None:
+                  output: Path, traces: Path | None, described: dict[str, Any], started: float) -> None:
     """`eval --self-correct`: both attempts of every problem, SCoRe's metrics printed and written."""
     from incentivize.eval.self_correct import self_correct
     from incentivize.tasks.environments import CORRECTION_INSTRUCTION
@@ -180,6 +184,9 @@ def _self_correct(model: Any, tokenizer: Any, task: Any, examples: list[Any], se
     _print_metrics(report.metrics, f"{described['model']} on {described['task']}, two attempts "
                                    f"({len(examples)} problems)")
     console.print(f"wrote {output}/results.json and {output}/samples.jsonl (both attempts per line)")
+    if traces is not None:
+        report.write_traces(traces)
+        console.print(f"wrote {len(report.traces)} wrong-then-right correction traces to {traces}")
 
 
 @app.command("report")

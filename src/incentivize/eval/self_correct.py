@@ -32,7 +32,8 @@ from incentivize.rollout import SamplingParams
 from incentivize.rollout.engine import prompt_seeds
 from incentivize.rollout.episodes import Episodes, run_episodes, turn_separator
 from incentivize.tasks import Example, Task
-from incentivize.tasks.environments import CORRECTION_INSTRUCTION, SelfCorrection
+from incentivize.atomic import write_text
+from incentivize.tasks.environments import CORRECTION_INSTRUCTION, SelfCorrection, correction_conversation
 
 
 @dataclass
@@ -47,8 +48,13 @@ class Attempts:
 
 @dataclass
 class SelfCorrectionReport:
+    """The metrics, every attempt pair, and the correction traces: prompt-completion rows (the conversation up
+    to the instruction, then the second attempt) of the pairs that went from wrong to right, the data of SFT on
+    self-generated corrections (STaR-style; `incentivize train sft --set data=...` reads them)."""
+
     metrics: dict[str, Any]
     attempts: list[Attempts]
+    traces: list[dict[str, Any]]
 
     def write(self, output: str | Path, settings: dict[str, Any]) -> None:
         """`results.json` (metrics and settings) and `samples.jsonl`, one line per problem and attempt pair."""
@@ -61,6 +67,9 @@ class SelfCorrectionReport:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         results = {"metrics": self.metrics, "settings": settings}
         (output / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+    def write_traces(self, path: str | Path) -> None:
+        write_text(Path(path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in self.traces))
 
 
 def _attempt_row(record: SampleRecord) -> dict[str, Any]:
@@ -88,7 +97,10 @@ def self_correct(model: torch.nn.Module, tokenizer: Any, task: Task, examples: S
                           progress=progress)
     mode = "sample" if settings.samples else "greedy"
     attempts = [Attempts(e.id, k % n, *_records(tokenizer, task, e, result, k, mode)) for k, e in enumerate(episodes)]
-    return SelfCorrectionReport(self_correction_metrics(attempts) | {"problems": len(examples)}, attempts)
+    traces = [{"prompt": correction_conversation(task, e, a.first.completion, instruction),
+               "completion": a.second.completion}
+              for e, a in zip(episodes, attempts) if not a.first.correct and a.second.correct]
+    return SelfCorrectionReport(self_correction_metrics(attempts) | {"problems": len(examples)}, attempts, traces)
 
 
 def _records(tokenizer: Any, task: Task, example: Example, result: Episodes, k: int,

@@ -17,6 +17,13 @@ CORRECTION_INSTRUCTION = (
     "asked for.")
 
 
+def correction_conversation(task: Task, example: Example, first_attempt: str,
+                            instruction: str = CORRECTION_INSTRUCTION) -> Messages:
+    """The second attempt's conversation: the task's prompt, the first attempt, the instruction."""
+    return [*task.messages(example), {"role": "assistant", "content": first_attempt},
+            {"role": "user", "content": instruction}]
+
+
 class SelfCorrection:
     """One episode of attempts at `example`, each checked by the task; after each the correction instruction."""
 
