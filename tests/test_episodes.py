@@ -111,3 +111,14 @@ def test_self_correction_rewards_each_attempt_by_the_verifier(tiny):
 def test_max_turns_below_one_is_refused(tiny):
     with pytest.raises(IncentivizeError, match="max_turns must be at least 1"):
         _episodes(tiny, [Echo()], max_turns=0)
+
+
+def test_selecting_rows_keeps_every_turn_of_an_episode(tiny):
+    result = _episodes(tiny, [Echo(), Echo()], max_turns=2)
+    rollouts = result.rollouts
+    picked = rollouts.select([1])
+    last_model_token = result.turn_spans[1][-1][1]
+    assert picked.completion_ids.shape[1] >= last_model_token
+    assert picked.completion_ids[0, :last_model_token].tolist() == rollouts.completion_ids[1, :last_model_token].tolist()
+    assert len(picked.completion_token_lists()[0]) == last_model_token
+    assert int(picked.completion_lengths[0]) == sum(end - start for start, end in result.turn_spans[1])

@@ -77,7 +77,7 @@ class Rollouts:
         index = torch.tensor(list(rows), dtype=torch.long, device=self.prompt_ids.device)
         prompt_mask, completion_mask = self.prompt_mask[index], self.completion_mask[index]
         start = int((prompt_mask.sum(dim=0) > 0).nonzero().min()) if len(index) else 0
-        width = int(completion_mask.sum(dim=1).max()) if len(index) else 0
+        width = int(_widths(completion_mask).max()) if len(index) else 0
         return Rollouts(
             prompt_ids=self.prompt_ids[index, start:],
             prompt_mask=prompt_mask[:, start:],
@@ -119,11 +119,24 @@ class Rollouts:
 
     @property
     def completion_lengths(self) -> torch.Tensor:
-        return self.completion_mask.sum(dim=1)  # (B,)
+        """(B,) the tokens each row trains on (the model's; a multi-turn row's environment tokens excluded)."""
+        return self.completion_mask.sum(dim=1)
 
     def completion_token_lists(self) -> list[list[int]]:
-        lengths = self.completion_lengths.tolist()
-        return [row[:n] for row, n in zip(self.completion_ids.tolist(), lengths)]
+        """Each row's completion tokens up to its last model token (with a multi-turn row's environment tokens)."""
+        widths = _widths(self.completion_mask).tolist()
+        return [row[:n] for row, n in zip(self.completion_ids.tolist(), widths)]
+
+
+def _widths(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) one past the last position of each row where `mask` is 1 (0 for an empty row): a row's length also
+    when its mask has holes (a multi-turn episode's environment tokens).
+
+    >>> _widths(torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])).tolist()
+    [2, 3, 0]
+    """
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (mask.bool() * positions).amax(dim=1) if mask.shape[1] else mask.sum(dim=1)
 
 
 def generate(
