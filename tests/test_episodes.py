@@ -122,3 +122,22 @@ def test_selecting_rows_keeps_every_turn_of_an_episode(tiny):
     assert picked.completion_ids[0, :last_model_token].tolist() == rollouts.completion_ids[1, :last_model_token].tolist()
     assert len(picked.completion_token_lists()[0]) == last_model_token
     assert int(picked.completion_lengths[0]) == sum(end - start for start, end in result.turn_spans[1])
+
+
+def test_the_python_tool_runs_a_block_and_shows_its_output():
+    from incentivize.rewards.sandbox import SandboxLimits
+    from incentivize.tasks.environments import TOOL_INSTRUCTION, PythonTool
+
+    task = load_task("arithmetic")
+    example = task.examples("test", 1)[0]
+    env = PythonTool(task, SandboxLimits(timeout_s=2.0))
+    messages = env.reset(example)
+    assert example.question in messages[-1]["content"] and TOOL_INSTRUCTION in messages[-1]["content"]
+    ran = env.step("Let me compute.\n```python\nprint(6 * 7)\n```")
+    assert ran.reward == 0.0 and ran.message == "Output:\n42"
+    failed = env.step("```python\n1 / 0\n```")
+    assert "ZeroDivisionError" in failed.message
+    looped = env.step("```python\nwhile True:\n    pass\n```")
+    assert looped.reward == 0.0 and "time" in looped.message.lower()
+    final = env.step(f"The answer is {example.answer}.")
+    assert final.message is None and final.reward == float(task.verify(example, f"The answer is {example.answer}.").correct)

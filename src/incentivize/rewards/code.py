@@ -19,7 +19,7 @@ from typing import Any
 from incentivize.rewards.functions import completion_text
 from incentivize.rewards.sandbox import SandboxLimits, SandboxResult, run_tests
 
-__all__ = ["check_program", "code_reward", "extract_program"]
+__all__ = ["check_program", "code_reward", "extract_program", "python_block"]
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CACHE_SIZE = 4096
@@ -36,12 +36,22 @@ def extract_program(text: str) -> str:
     >>> extract_program("```bash\\nls\\n```\\n```py\\nx = 1")
     'x = 1'
     """
+    return python_block(text, untagged=True) or text
+
+
+def python_block(text: str, untagged: bool = False) -> str | None:
+    """The first ```python (```py, ```python3) block of `text`, or with `untagged` else the first fenced block
+    without a language; None when there is none.
+
+    >>> python_block("x ```python\\nprint(2)\\n``` y"), python_block("```\\nprint(1)\\n```")
+    ('print(2)\\n', None)
+    """
     blocks = [(language.lower(), body) for language, body in _FENCE.findall(text)]
-    for wanted in (("python", "py", "python3"), ("",)):
+    for wanted in (("python", "py", "python3"), ("",) if untagged else ()):
         for language, body in blocks:
             if language in wanted:
                 return body
-    return text
+    return None
 
 
 _results: OrderedDict[tuple, SandboxResult] = OrderedDict()

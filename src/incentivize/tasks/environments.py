@@ -3,10 +3,15 @@
 - `SelfCorrection`: SCoRe's two attempts (Kumar et al. 2024). Each turn's reward is the verifier's verdict on
   that attempt (1 right, 0 wrong); after a turn the message is the instruction to find and correct an error,
   with no word on whether there is one.
+- `PythonTool`: the model may write a ```python block; the code sandbox (`incentivize.rewards.sandbox`) runs
+  it and what it printed (or its error) comes back as the next message, with reward 0. A turn without a
+  python block is the final answer: the verifier's verdict is its reward and the episode ends.
 """
 
 from __future__ import annotations
 
+from incentivize.rewards.code import python_block
+from incentivize.rewards.sandbox import SandboxLimits, run_tests
 from incentivize.rollout.episodes import Messages, Turn
 from incentivize.tasks.base import Example, Task
 
@@ -38,3 +43,34 @@ class SelfCorrection:
     def step(self, completion: str) -> Turn:
         assert self.example is not None, "reset() first"
         return Turn(float(self.task.verify(self.example, completion).correct), self.instruction)
+
+
+TOOL_INSTRUCTION = ("You can run Python: write a ```python code block and you will be shown what it prints. "
+                    "When you know the answer, give it without a code block.")
+
+
+class PythonTool:
+    """One episode at `example` with a Python interpreter: a python block runs in the sandbox (within `limits`)
+    and its output, cut to `output_chars`, is the next message; an answer without one is verified and ends it."""
+
+    def __init__(self, task: Task, limits: SandboxLimits | None = None, instruction: str = TOOL_INSTRUCTION,
+                 output_chars: int = 1000) -> None:
+        self.task, self.limits, self.instruction, self.output_chars = task, limits, instruction, output_chars
+        self.example: Example | None = None
+
+    def reset(self, example: Example) -> Messages:
+        self.example = example
+        messages = self.task.messages(example)
+        last = messages[-1]
+        return [*messages[:-1], {**last, "content": f"{last['content']}\n\n{self.instruction}"}]
+
+    def step(self, completion: str) -> Turn:
+        assert self.example is not None, "reset() first"
+        program = python_block(completion)
+        if program is None:
+            return Turn(float(self.task.verify(self.example, completion).correct), None)
+        result = run_tests(program, limits=self.limits)
+        output = result.stdout if result.passed else "\n".join(p for p in (result.stdout, result.reason) if p)
+        if len(output) > self.output_chars:
+            output = output[: self.output_chars] + "\n[output cut]"
+        return Turn(0.0, f"Output:\n{output.strip() or '(nothing printed)'}")
