@@ -141,3 +141,55 @@ def test_the_python_tool_runs_a_block_and_shows_its_output():
     assert looped.reward == 0.0 and "time" in looped.message.lower()
     final = env.step(f"The answer is {example.answer}.")
     assert final.message is None and final.reward == float(task.verify(example, f"The answer is {example.answer}.").correct)
+
+
+def test_grpo_on_self_correction_episodes_trains_on_the_model_turns_only(tiny, tmp_path, monkeypatch):
+    import json
+
+    from incentivize.config import load_config
+    from incentivize.trainers import collect as collect_module
+    from incentivize.trainers import rl
+
+    _, tokenizer = tiny
+    seen = []
+    original_collect = rl._collect
+
+    def recording(*args, **kwargs):
+        seen.append(original_collect(*args, **kwargs))
+        return seen[-1]
+
+    # rewards that differ within each group, so that the step has something to learn
+    monkeypatch.setattr(collect_module, "episode_rewards", lambda turns, how, alpha: torch.arange(len(turns)) % 3.0)
+    monkeypatch.setattr(rl, "_collect", recording)
+    config = load_config("grpo", None, [
+        "model=tiny-random", "max_steps=2", "num_generations=4", "generation_batch_size=8", "max_completion_length=6",
+        "eval_limit=3", "learning_rate=1e-3", "micro_batch_size=4", "environment=self_correction", "max_turns=2",
+        f"output_dir={tmp_path}/run", "report_to=none",
+    ])
+    result = rl.train(config)
+    data = seen[0]
+    for row in range(len(data)):
+        ids = data.rollouts.completion_ids[row].tolist()
+        mask = data.rollouts.completion_mask[row].tolist()
+        width = len(data.rollouts.completion_token_lists()[row])
+        holes = [ids[k] for k in range(width) if mask[k] == 0]
+        # every episode had its second turn, and the environment's message is exactly what is not trained on
+        assert CORRECTION_INSTRUCTION in tokenizer.decode(holes)
+        trained = tokenizer.decode([ids[k] for k in range(width) if mask[k] == 1])
+        assert "There might be an error" not in trained
+    assert torch.equal(data.rollouts.completion_mask, data.rollouts.completion_mask * (data.rollouts.logprobs != 0))
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward/turn_1", "reward/turn_2"} <= set(metrics[0])
+    assert metrics[0]["grad_norm"] > 0.0
+    assert "self_correct/accuracy@t2" in result.after and "self_correct/delta" in result.before
+
+
+def test_episode_settings_that_do_not_fit_are_refused():
+    from incentivize.config import load_config
+
+    with pytest.raises(IncentivizeError, match="max_turns"):
+        load_config("grpo", None, ["environment=self_correction", "max_turns=0"])
+    with pytest.raises(IncentivizeError, match="SCoRe's two attempts"):
+        load_config("grpo", None, ["environment=python_tool", "episode_reward=shaped"])
+    with pytest.raises(IncentivizeError, match="drop num_rollout_workers"):
+        load_config("grpo", None, ["environment=python_tool", "num_rollout_workers=2"])

@@ -126,6 +126,17 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
         default="skip", description="a reward function that fails or times out on a sample: skip (no reward) or raise"
     )
 
+    # multi-turn episodes (incentivize.rollout.episodes, incentivize.tasks.environments)
+    environment: Literal["none", "self_correction", "python_tool"] = Field(
+        default="none", description="each sample an episode of turns with this environment: self_correction "
+        "(SCoRe's second attempt) or python_tool (a sandboxed Python interpreter); none: one completion")
+    max_turns: int = Field(default=2, ge=1, description="model turns per episode, with an environment")
+    episode_reward: Literal["last", "sum", "shaped"] = Field(
+        default="last", description="an episode's reward from its turns' rewards: the last turn's, their sum, or "
+        "SCoRe's stage II r1 + r2 + shaping_alpha * (r2 - r1)")
+    shaping_alpha: float = Field(default=10.0, ge=0.0, description="episode_reward shaped: the bonus for turning a "
+                                 "wrong first attempt into a right second one (SCoRe: 10)")
+
     # sampling
     num_generations: int = Field(default=8, ge=1, description="completions per prompt (the group size G)")
     generation_batch_size: int = Field(default=32, ge=1, description="completions per step; a multiple of num_generations")
@@ -212,6 +223,13 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
                 f"num_learners ({self.num_learners}) must divide the groups of a step (generation_batch_size / "
                 f"num_generations = {self.prompts_per_step}): each learner trains on whole groups"
             )
+        if self.environment != "none":
+            if self.num_rollout_workers or self.rewards or self.format_reward or self.advantage == "grpo_process":
+                raise ValueError(f"environment {self.environment!r}: its turns are rewarded by the environment in "
+                                 "this process; drop num_rollout_workers, rewards, format_reward and grpo_process")
+            if self.episode_reward == "shaped" and (self.environment != "self_correction" or self.max_turns != 2):
+                raise ValueError("episode_reward 'shaped' is SCoRe's two attempts: set environment=self_correction "
+                                 "and max_turns=2")
         if self.reward_weights is not None and len(self.reward_weights) != 1 + len(self.rewards):
             raise ValueError(
                 f"reward_weights has {len(self.reward_weights)} entries; it needs 1 + len(rewards) = {1 + len(self.rewards)}"

@@ -30,7 +30,7 @@ import torch
 from incentivize.eval.runner import EvalSettings, SampleRecord, eos_ids
 from incentivize.rollout import SamplingParams
 from incentivize.rollout.engine import prompt_seeds
-from incentivize.rollout.episodes import Episodes, run_episodes, turn_separator
+from incentivize.rollout.episodes import Episodes, episode_seeds, run_episodes, turn_separator
 from incentivize.tasks import Example, Task
 from incentivize.atomic import write_text
 from incentivize.tasks.environments import CORRECTION_INSTRUCTION, SelfCorrection, correction_conversation
@@ -90,8 +90,7 @@ def self_correct(model: torch.nn.Module, tokenizer: Any, task: Task, examples: S
     params = SamplingParams(temperature=settings.temperature if settings.samples else 0.0, top_p=settings.top_p,
                             top_k=settings.top_k, max_new_tokens=settings.max_new_tokens, seed=settings.seed)
     episodes = [e for e in examples for _ in range(n)]
-    # sample j of problem i has the seed of row j of prompt i in a one-turn evaluation
-    seeds = [seed + j for seed in prompt_seeds(settings.seed, len(examples)) for j in range(n)]
+    seeds = episode_seeds(prompt_seeds(settings.seed, len(examples)), n)
     result = run_episodes(model, tokenizer, episodes, [SelfCorrection(task, instruction) for _ in episodes],
                           params, 2, eos_token_ids=eos, seeds=seeds, batch_size=settings.batch_size,
                           progress=progress)

@@ -66,6 +66,15 @@ class Episodes:
     faults: list[str | None] = field(default_factory=list)
 
 
+def episode_seeds(prompt_seeds: Sequence[int], n: int) -> list[int]:
+    """Seeds of n episodes per prompt, sample j of prompt i drawn from prompt i's seed, all distinct.
+
+    >>> len(set(episode_seeds([5, 6, 7], 4))), episode_seeds([5], 2) == episode_seeds([5, 6], 2)[:2]
+    (12, True)
+    """
+    return [(seed * 0x9E3779B97F4A7C15 + j) % 2**63 for seed in prompt_seeds for j in range(n)]
+
+
 def turn_separator(tokenizer: Any, message: str, eos_token_ids: Sequence[int]) -> Callable[[bool], list[int]]:
     """The token ids between a model turn and the next one, carrying the user `message`: the rest of the
     assistant turn's closing as the chat template writes it, the user turn, and the generation prompt. The

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from incentivize.rewards.code import python_block
 from incentivize.rewards.sandbox import SandboxLimits, run_tests
 from incentivize.rollout.episodes import Messages, Turn
@@ -74,3 +76,38 @@ class PythonTool:
         if len(output) > self.output_chars:
             output = output[: self.output_chars] + "\n[output cut]"
         return Turn(0.0, f"Output:\n{output.strip() or '(nothing printed)'}")
+
+
+def make_environment(name: str, task: Task) -> SelfCorrection | PythonTool:
+    """A fresh environment for one episode: `self_correction` or `python_tool`."""
+    if name == "self_correction":
+        return SelfCorrection(task)
+    if name == "python_tool":
+        return PythonTool(task)
+    raise ValueError(f"environment must be self_correction or python_tool, got {name!r}")
+
+
+def episode_rewards(turn_rewards: torch.Tensor, how: str, alpha: float = 10.0) -> torch.Tensor:
+    """(B,) an episode's reward from its turns' (B, T) rewards, NaN after its last turn or where its
+    environment failed (the episode then has no reward, NaN): the last turn's, their sum, or SCoRe's stage II
+    reward for two attempts, r1 + r2 + alpha * (r2 - r1).
+
+    >>> r = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, float("nan")]])
+    >>> episode_rewards(r, "last").tolist(), episode_rewards(r, "sum").tolist()
+    ([1.0, 0.0, 1.0], [1.0, 1.0, 1.0])
+    >>> episode_rewards(r[:2], "shaped", alpha=10.0).tolist()
+    [11.0, -9.0]
+    """
+    taken = ~torch.isnan(turn_rewards)
+    turns = taken.sum(dim=1)
+    last = turn_rewards.gather(1, (turns - 1).clamp(min=0)[:, None]).squeeze(1)
+    if how == "last":
+        reward = last
+    elif how == "sum":
+        reward = torch.where(taken, turn_rewards, 0.0).sum(dim=1)
+    elif how == "shaped":
+        first, second = turn_rewards[:, 0], turn_rewards[:, 1]
+        reward = first + second + alpha * (second - first)
+    else:
+        raise ValueError(f"episode reward must be last, sum or shaped, got {how!r}")
+    return torch.where(turns > 0, reward, torch.nan)

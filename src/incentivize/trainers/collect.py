@@ -3,6 +3,7 @@ one record (`StepData`) that the learner, the metrics and the samples log all re
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -17,6 +18,8 @@ from incentivize.rewards import load_reward_function
 from incentivize.rewards.steps import step_end_tokens
 from incentivize.rollout import Rollouts, SamplingParams, generate
 from incentivize.rollout.engine import prompt_seeds
+from incentivize.rollout.episodes import episode_seeds, run_episodes
+from incentivize.tasks.environments import episode_rewards, make_environment
 from incentivize.tasks import Example, Task, render_prompt
 from incentivize.trainers.sampler import PromptSampler
 from incentivize.rewards.scoring import Scorer, Scores
@@ -102,6 +105,41 @@ class LocalRollouts:
                         score_seconds=time.perf_counter() - generated)
 
 
+class EpisodeRollouts:
+    """Samples and scores multi-turn episodes of `config.environment` in this process: `params.n` episodes per
+    problem, each from a seed of its own, rewarded by the environment (`config.episode_reward`); an episode whose
+    environment failed has no reward (NaN) and its error is counted with the reward faults."""
+
+    def __init__(self, config: RLConfig, policy: Any, tokenizer: Any, task: Task, examples: list[Example]) -> None:
+        self.config, self.policy, self.tokenizer, self.task, self.examples = config, policy, tokenizer, task, examples
+
+    def sample(self, indices: list[int], seeds: list[int], params: SamplingParams) -> StepData:
+        config, tokenizer, n = self.config, self.tokenizer, params.n
+        rows = [self.examples[i] for i in indices for _ in range(n)]
+        started = time.perf_counter()
+        episodes = run_episodes(self.policy, tokenizer, rows, [make_environment(config.environment, self.task)
+                                                               for _ in rows],
+                                params.model_copy(update={"n": 1}), config.max_turns,
+                                eos_token_ids=[tokenizer.eos_token_id], seeds=episode_seeds(seeds, n),
+                                timeout_s=config.reward_timeout_s, batch_size=config.generation_batch_size)
+        generated = time.perf_counter()
+        rollouts = episodes.rollouts
+        rollouts.prompt_index = torch.arange(len(indices)).repeat_interleave(n)
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rollouts.completion_token_lists()]
+        verdicts = [self.task.verify(e, turns[-1] if turns else "") for e, turns in zip(rows, episodes.texts)]
+        failed = torch.tensor([f is not None for f in episodes.faults])
+        rewards = torch.where(failed, torch.nan, episode_rewards(episodes.turn_rewards, config.episode_reward,
+                                                                 config.shaping_alpha))
+        components: dict[str, list[float | None]] = {
+            f"turn_{t + 1}": [None if math.isnan(v) else v for v in episodes.turn_rewards[:, t].tolist()]
+            for t in range(config.max_turns)}
+        scores = Scores(rewards.float(), torch.tensor([v.correct for v in verdicts], dtype=torch.bool), components,
+                        errors=[f for f in episodes.faults if f is not None],
+                        extracted=[v.extracted for v in verdicts])
+        return StepData(rollouts, rows, texts, scores, generate_seconds=generated - started,
+                        score_seconds=time.perf_counter() - generated)
+
+
 class RolloutSource(Protocol):
     """Where a step's groups come from: `LocalRollouts`, or rollout workers (`incentivize.distributed`)."""
 
@@ -117,6 +155,8 @@ def collect(config: RLConfig, models: Any, task: Task, examples: list[Example], 
     `examples`, scored by `scorer`. Each prompt is sampled with a seed of its own, drawn from the step,
     the round and its position, so the groups are the same however many processes sample them."""
     tokenizer, group = models.tokenizer, config.num_generations
+    if source is None and config.environment != "none":
+        source = EpisodeRollouts(config, models.policy, tokenizer, task, examples)
     if source is None:
         source = LocalRollouts(models.policy, tokenizer, task, examples, scorer, prompt_cache)
     parts: list[StepData] = []

@@ -39,9 +39,13 @@ from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError
 from incentivize.eval.monitor import SophistryMonitor, proxies
 from incentivize.eval.runner import EvalSettings, evaluate
+from incentivize.eval.self_correct import self_correct
 from incentivize.models.speed import describe_paths
 from incentivize.rewards import reward_name
+from incentivize.rollout import SamplingParams
+from incentivize.rollout.episodes import run_episodes, turn_separator
 from incentivize.tasks import Example, Task, chat_template_warning, load_task, reward_columns
+from incentivize.tasks.environments import make_environment
 from incentivize.trainers.collect import StepData, build_scorer, rollout_metrics, sample_rows, varies
 from incentivize.trainers.collect import collect as _collect
 from incentivize.trainers.flat_state import FlatGradients, flatten_adam_state
@@ -84,6 +88,8 @@ class RLTrainer(Trainer):
         self.say(f"speed paths: {describe_paths(self.models.speed_paths)}")
         if warning := chat_template_warning(self.models.tokenizer, config.model):
             self.say(f"warning: {warning}")
+        if config.environment != "none":  # a chat template that cannot hold several turns stops the run here
+            turn_separator(self.models.tokenizer, "?", [self.models.tokenizer.eos_token_id])
         self.sampler = PromptSampler(len(self.train_examples), config.seed)
         self.learner = Learner(config, self.models)
         self.scorer = build_scorer(config, self.task)
@@ -150,8 +156,27 @@ class RLTrainer(Trainer):
         report = evaluate(self.models.policy, self.models.tokenizer, self.task, self.eval_examples, settings)
         if self.monitor is not None:  # the proxies on held-out answers: U-Sophistry's false-positive rate, before and after
             report.metrics |= self._proxies_on(report.records)
+        if config.environment != "none":
+            report.metrics |= self._episodes_on_held_out()
         report.write(directory, {"model": config.model, "step": label, **settings.model_dump()})
         return report.metrics
+
+    def _episodes_on_held_out(self) -> dict[str, float]:
+        """Greedy episodes of the environment on the held-out problems: SCoRe's metrics for self_correction
+        (`self_correct/...`), else the accuracy of the final turn and the mean number of turns (`episodes/...`)."""
+        config, models = self.config, self.models
+        settings = EvalSettings(samples=0, max_new_tokens=config.max_completion_length, seed=config.seed)
+        if config.environment == "self_correction":
+            report = self_correct(models.policy, models.tokenizer, self.task, self.eval_examples, settings)
+            return {f"self_correct/{k}": v for k, v in report.metrics.items() if k != "problems"}
+        params = SamplingParams(temperature=0.0, max_new_tokens=config.max_completion_length)
+        result = run_episodes(models.policy, models.tokenizer, self.eval_examples,
+                              [make_environment(config.environment, self.task) for _ in self.eval_examples], params,
+                              config.max_turns, eos_token_ids=[models.tokenizer.eos_token_id],
+                              timeout_s=config.reward_timeout_s)
+        right = [self.task.verify(e, t[-1] if t else "").correct for e, t in zip(self.eval_examples, result.texts)]
+        return {"episodes/accuracy": sum(right) / len(right),
+                "episodes/turns": sum(len(t) for t in result.texts) / len(result.texts)}
 
     def _proxies_on(self, records: list[Any]) -> dict[str, float]:
         """`monitor/<proxy>/...` of each learned or judged reward on held-out completions (the greedy ones)."""
