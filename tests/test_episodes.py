@@ -193,3 +193,49 @@ def test_episode_settings_that_do_not_fit_are_refused():
         load_config("grpo", None, ["environment=python_tool", "episode_reward=shaped"])
     with pytest.raises(IncentivizeError, match="drop num_rollout_workers"):
         load_config("grpo", None, ["environment=python_tool", "num_rollout_workers=2"])
+
+
+def test_scores_stage_one_trains_the_second_attempt_and_holds_the_first_by_the_kl(tmp_path, monkeypatch):
+    from incentivize.config import load_config
+    from incentivize.trainers import collect as collect_module
+    from incentivize.trainers import rl
+
+    captured = []
+    original_loss = rl.ppo_clip_loss
+
+    def capturing(logp, old_logp, advantages, mask, **options):
+        captured.append((advantages.detach().clone(), mask.clone()))
+        return original_loss(logp, old_logp, advantages, mask, **options)
+
+    seen = []
+    original_collect = rl._collect
+
+    def recording(*args, **kwargs):
+        seen.append(original_collect(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(collect_module, "episode_rewards", lambda turns, how, alpha: torch.arange(len(turns)) % 3.0)
+    monkeypatch.setattr(rl, "ppo_clip_loss", capturing)
+    monkeypatch.setattr(rl, "_collect", recording)
+    config = load_config("grpo", None, [
+        "model=tiny-random", "max_steps=1", "num_generations=4", "generation_batch_size=8", "max_completion_length=6",
+        "eval_limit=2", "micro_batch_size=8", "environment=self_correction", "max_turns=2", "beta=0.04",
+        "first_turn_beta=0.4", "train_first_turn=false", f"output_dir={tmp_path}/run", "report_to=none",
+    ])
+    rl.train(config)
+    data = seen[0]
+    advantages, mask = captured[0]
+    turns = rl.turn_numbers(data.turn_spans, mask.shape[1])
+    assert torch.all(advantages[turns == 1] == 0)  # no policy gradient on the first attempt
+    assert torch.any(advantages[turns == 2] != 0)
+    coef = rl._turn_weights(config, data, mask.shape[1])
+    assert torch.all(coef[turns == 1] == 0.4) and torch.all(coef[turns == 2] == 0.04)
+
+
+def test_turn_settings_need_an_environment_and_a_reference():
+    from incentivize.config import load_config
+
+    with pytest.raises(IncentivizeError, match="set environment"):
+        load_config("grpo", None, ["train_first_turn=false"])
+    with pytest.raises(IncentivizeError, match="set beta > 0"):
+        load_config("grpo", None, ["environment=self_correction", "first_turn_beta=0.1"])

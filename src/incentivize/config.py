@@ -136,6 +136,10 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
         "SCoRe's stage II r1 + r2 + shaping_alpha * (r2 - r1)")
     shaping_alpha: float = Field(default=10.0, ge=0.0, description="episode_reward shaped: the bonus for turning a "
                                  "wrong first attempt into a right second one (SCoRe: 10)")
+    first_turn_beta: float | None = Field(default=None, ge=0.0, description="the KL coefficient on the first model "
+                                          "turn's tokens (SCoRe's stage I: 10 x beta); default: beta")
+    train_first_turn: bool = Field(default=True, description="policy gradient on the first turn's tokens too (SCoRe's "
+                                   "stage I: false, the first attempt held near the base model by the KL alone)")
 
     # sampling
     num_generations: int = Field(default=8, ge=1, description="completions per prompt (the group size G)")
@@ -227,9 +231,14 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
             if self.num_rollout_workers or self.rewards or self.format_reward or self.advantage == "grpo_process":
                 raise ValueError(f"environment {self.environment!r}: its turns are rewarded by the environment in "
                                  "this process; drop num_rollout_workers, rewards, format_reward and grpo_process")
+            if self.first_turn_beta is not None and (self.beta <= 0 or self.kl_in != "loss"):
+                raise ValueError("first_turn_beta weighs the KL term of the loss per turn: set beta > 0 (the reference "
+                                 "model) and kl_in=loss")
             if self.episode_reward == "shaped" and (self.environment != "self_correction" or self.max_turns != 2):
                 raise ValueError("episode_reward 'shaped' is SCoRe's two attempts: set environment=self_correction "
                                  "and max_turns=2")
+        elif self.first_turn_beta is not None or not self.train_first_turn:
+            raise ValueError("first_turn_beta and train_first_turn are about the turns of an episode: set environment")
         if self.reward_weights is not None and len(self.reward_weights) != 1 + len(self.rewards):
             raise ValueError(
                 f"reward_weights has {len(self.reward_weights)} entries; it needs 1 + len(rewards) = {1 + len(self.rewards)}"

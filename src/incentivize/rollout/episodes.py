@@ -204,3 +204,17 @@ def _as_rollouts(prompts: list[list[int]], tokens: list[list[int]], logps: list[
             logprobs[i, :n] = torch.tensor(logps[i])
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs,
                     torch.arange(count), reasons, pad)
+
+
+def turn_numbers(spans: Sequence[Sequence[tuple[int, int]]], width: int) -> torch.Tensor:
+    """(B, width) long: the number (1, 2, ...) of the model turn each completion token belongs to, 0 for the
+    environment's tokens and padding.
+
+    >>> turn_numbers([[(0, 2), (4, 5)], [(0, 1)]], 6).tolist()
+    [[1, 1, 0, 0, 2, 0], [1, 0, 0, 0, 0, 0]]
+    """
+    numbers = torch.zeros((len(spans), width), dtype=torch.long)
+    for row, row_spans in enumerate(spans):
+        for turn, (start, end) in enumerate(row_spans, start=1):
+            numbers[row, start : min(end, width)] = turn
+    return numbers

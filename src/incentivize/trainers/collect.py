@@ -35,6 +35,7 @@ class StepData:
     scores:       each row's reward (NaN: none, left out of learning), verdict and reward components
     step_scores:  (B, S) a PRM's step rewards, NaN past a row's steps (advantage grpo_process only)
     step_ends:    (B, S) the completion-token index where each step ends
+    turn_spans:   multi-turn episodes: per row, the (start, end) completion tokens of each model turn
     zero_variance_share: share of the groups first sampled this step whose rewards were all equal
     rounds:       generation rounds it took (dynamic sampling draws again for groups without signal)
     """
@@ -45,6 +46,7 @@ class StepData:
     scores: Scores
     step_scores: torch.Tensor | None = None
     step_ends: torch.Tensor | None = None
+    turn_spans: list[list[tuple[int, int]]] | None = None
     zero_variance_share: float = 0.0
     rounds: int = 1
     generate_seconds: float = 0.0
@@ -53,13 +55,15 @@ class StepData:
     def select(self, rows: Sequence[int]) -> StepData:
         """These rows, in this order (the step's totals stay as they are)."""
         return replace(self, rollouts=self.rollouts.select(rows), examples=[self.examples[r] for r in rows],
-                       texts=[self.texts[r] for r in rows], scores=self.scores.select(rows))
+                       texts=[self.texts[r] for r in rows], scores=self.scores.select(rows),
+                       turn_spans=None if self.turn_spans is None else [self.turn_spans[r] for r in rows])
 
     @staticmethod
     def concat(parts: Sequence[StepData]) -> StepData:
         """The rows of all parts; times summed."""
         return StepData(Rollouts.concat([p.rollouts for p in parts]), [e for p in parts for e in p.examples],
                         [t for p in parts for t in p.texts], Scores.concat([p.scores for p in parts]),
+                        turn_spans=None if parts[0].turn_spans is None else [s for p in parts for s in p.turn_spans or []],
                         zero_variance_share=parts[0].zero_variance_share, rounds=len(parts),
                         generate_seconds=sum(p.generate_seconds for p in parts),
                         score_seconds=sum(p.score_seconds for p in parts))
@@ -136,8 +140,8 @@ class EpisodeRollouts:
         scores = Scores(rewards.float(), torch.tensor([v.correct for v in verdicts], dtype=torch.bool), components,
                         errors=[f for f in episodes.faults if f is not None],
                         extracted=[v.extracted for v in verdicts])
-        return StepData(rollouts, rows, texts, scores, generate_seconds=generated - started,
-                        score_seconds=time.perf_counter() - generated)
+        return StepData(rollouts, rows, texts, scores, turn_spans=episodes.turn_spans,
+                        generate_seconds=generated - started, score_seconds=time.perf_counter() - generated)
 
 
 class RolloutSource(Protocol):

@@ -43,7 +43,7 @@ from incentivize.eval.self_correct import self_correct
 from incentivize.models.speed import describe_paths
 from incentivize.rewards import reward_name
 from incentivize.rollout import SamplingParams
-from incentivize.rollout.episodes import run_episodes, turn_separator
+from incentivize.rollout.episodes import run_episodes, turn_numbers, turn_separator
 from incentivize.tasks import Example, Task, chat_template_warning, load_task, reward_columns
 from incentivize.tasks.environments import make_environment
 from incentivize.trainers.collect import StepData, build_scorer, rollout_metrics, sample_rows, varies
@@ -207,6 +207,13 @@ class RLTrainer(Trainer):
                 "max_completion_length or generation_batch_size")
 
 
+def _turn_weights(config: RLConfig, data: StepData, width: int) -> float | torch.Tensor:
+    """The KL coefficient: beta, or per token with first_turn_beta on a multi-turn episode's first turn."""
+    if data.turn_spans is None or config.first_turn_beta is None:
+        return config.beta
+    return torch.where(turn_numbers(data.turn_spans, width) == 1, config.first_turn_beta, config.beta)
+
+
 def _no_signal(config: RLConfig, data: StepData, metrics: dict[str, Any]) -> str | None:
     """None when some rewards of the step differ where the estimator compares them (within a group, or
     across the batch for groups of one); else the likely reason why none do."""
@@ -307,12 +314,15 @@ class Learner:
             ),
             **_estimator_params(config),
         )
+        actor_advantages, kl_coef = advantages.advantages, _turn_weights(config, data, mask.shape[1])
+        if data.turn_spans is not None and not config.train_first_turn:  # SCoRe's stage I: the first attempt
+            actor_advantages = actor_advantages * (turn_numbers(data.turn_spans, mask.shape[1]) != 1)  # has KL only
         normalizer = global_normalizer(self.aggregation, mask, config.max_completion_length)
         stats: dict[str, float] = {"lr": float(self.scheduler.get_last_lr()[0]), "time/reference": reference_seconds}
         if ref_logp is not None:
             stats["kl"] = _masked_mean(k3(old_logp, ref_logp), mask)
         if train_actor and float(mask.sum()) > 0:
-            stats |= self._update_actor(batch, chunks, mask, old_logp, ref_logp, advantages.advantages, normalizer)
+            stats |= self._update_actor(batch, chunks, mask, old_logp, ref_logp, actor_advantages, normalizer, kl_coef)
             self.scheduler.step()
         if models.critic is not None and advantages.returns is not None and old_values is not None:
             stats |= self._update_critic(batch, chunks, mask, old_values, advantages.returns)
@@ -328,7 +338,9 @@ class Learner:
         return whole
 
     def _update_actor(self, batch: Batch, chunks: list[slice], mask: torch.Tensor, old_logp: torch.Tensor,
-                      ref_logp: torch.Tensor | None, advantages: torch.Tensor, normalizer: Any) -> dict[str, float]:
+                      ref_logp: torch.Tensor | None, advantages: torch.Tensor, normalizer: Any,
+                      kl_coef: float | torch.Tensor) -> dict[str, float]:
+        """`num_iterations` clipped updates of the policy; `kl_coef` is beta, or (B, T) per token."""
         config = self.config
         aggregate = AGGREGATIONS.get(self.aggregation)
         kl_estimator = KL_ESTIMATORS.get(config.kl_estimator)
@@ -350,7 +362,8 @@ class Learner:
                     dual_clip=config.dual_clip, ratio_level=config.ratio_level,
                 )
                 if ref_logp is not None and config.kl_in == "loss":
-                    per_token = per_token + config.beta * kl_estimator(logp, ref_logp[c])
+                    coef = kl_coef[c] if isinstance(kl_coef, torch.Tensor) else kl_coef
+                    per_token = per_token + coef * kl_estimator(logp, ref_logp[c])
                 loss = aggregate(per_token, mask[c], normalizer)
                 backward_started = time.perf_counter()
                 loss.backward()
