@@ -210,7 +210,7 @@ def report_command(
 def train_command(
     algorithm: Annotated[str, typer.Argument(help="grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo; "
                                                   "orm, prm, rm (reward models); sft; dpo, simpo, kto (preferences); "
-                                                  "verifier (Cobbe et al.'s recipe); rlaif-vs-sft")] = "grpo",
+                                                  "verifier (Cobbe et al.'s recipe); rlaif-vs-sft; score (SCoRe)")] = "grpo",
     config: Annotated[Optional[Path], typer.Option(help="YAML file of config keys")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override one key: --set beta=0.04 (repeatable)")] = None,
     model: Annotated[Optional[str], typer.Option(help="shortcut for --set model=...")] = None,
@@ -233,11 +233,11 @@ def train_command(
     (orm, prm, rm), preferences (dpo, simpo, kto) or a recipe (verifier, rlaif-vs-sft); --resume continues any of them. With no arguments: GRPO on
     SmolLM2-135M-Instruct on arithmetic, on CPU."""
     from incentivize.config import (
-        PREFERENCE_PRESETS, RlaifVsSftConfig, SFTConfig, VerifierRecipeConfig, load_config, load_preference_config, load_reward_config,
+        PREFERENCE_PRESETS, RlaifVsSftConfig, ScoreConfig, SFTConfig, VerifierRecipeConfig, load_config, load_preference_config, load_reward_config,
         load_run_config, load_settings,
     )
 
-    rl = algorithm not in (*REWARD_MODEL_KINDS, *PREFERENCE_PRESETS, "sft", "verifier", "rlaif-vs-sft")
+    rl = algorithm not in (*REWARD_MODEL_KINDS, *PREFERENCE_PRESETS, "sft", "verifier", "rlaif-vs-sft", "score")
     shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir), ("data", data),
                                           ("pairs", pairs), ("sft_teacher", sft_teacher), ("critic", critic)) if v]
     if resume is not None:
@@ -267,6 +267,8 @@ def train_command(
         settings = load_settings(VerifierRecipeConfig, config, overrides)
     elif algorithm == "rlaif-vs-sft":
         settings = load_settings(RlaifVsSftConfig, config, overrides)
+    elif algorithm == "score":
+        settings = load_settings(ScoreConfig, config, overrides)
     elif algorithm in PREFERENCE_PRESETS:
         settings = load_preference_config(algorithm, config, overrides)
     else:
@@ -279,7 +281,7 @@ REWARD_MODEL_KINDS = ("orm", "prm", "rm")
 
 def _run_training(settings: Any, *, resume: bool) -> None:
     """Train `settings` (any trainer's config) with progress bars, then print what it achieved."""
-    from incentivize.config import PreferenceConfig, RewardModelConfig, RlaifVsSftConfig, RLConfig, SFTConfig
+    from incentivize.config import PreferenceConfig, RewardModelConfig, RlaifVsSftConfig, RLConfig, ScoreConfig, SFTConfig
     from incentivize.trainers.interrupt import TrainingInterrupted
 
     run: Callable[..., Any]
@@ -312,6 +314,10 @@ def _run_training(settings: Any, *, resume: bool) -> None:
         from incentivize.recipes.rlaif_vs_sft import run_rlaif_vs_sft
 
         run, title, made = run_rlaif_vs_sft, "held-out greedy accuracy of each arm", "comparison.md"
+    elif isinstance(settings, ScoreConfig):
+        from incentivize.recipes.score import run_score
+
+        run, title, made = run_score, "held-out self-correction of each model", "comparison.md"
     else:
         from incentivize.recipes.verifier import run_verifier_recipe
 

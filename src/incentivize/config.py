@@ -361,6 +361,8 @@ def load_run_config(run_dir: str | Path) -> LifecycleSettings:
         schema = VerifierRecipeConfig
     elif values.get("algorithm") == "rlaif-vs-sft":
         schema = RlaifVsSftConfig
+    elif values.get("algorithm") == "score":
+        schema = ScoreConfig
     elif values.get("algorithm") in PREFERENCE_PRESETS:
         schema = PreferenceConfig
     return _validate(values, str(path), dict.fromkeys(map(str, values), path), schema)  # type: ignore[no-any-return]
@@ -593,6 +595,27 @@ class RlaifVsSftConfig(JudgeSettings, RunSettings):
     beta: float = Field(default=0.1, gt=0.0)
     judge_confidence: float = Field(default=0.6, ge=0.5, lt=1.0)
     max_completion_length: int = Field(default=64, ge=1)
+    eval_limit: int = Field(default=100, ge=1)
+
+
+class ScoreConfig(RunSettings):
+    """`incentivize train score`: SCoRe (Kumar et al. 2024, ALGORITHMS.md section 9) on `model`, two RL runs on
+    self-correction episodes (two attempts, the second after the correction instruction). Stage I: reward on the
+    second attempt only, no policy gradient on the first, whose tokens are held near the starting model by the KL
+    at `first_turn_beta`; stage II, from stage I's model: both attempts trained, reward r1 + r2 + shaping_alpha *
+    (r2 - r1), KL `beta` on both. `stage1_steps: 0` is multi-turn RL without stage I (the paper's ablation)."""
+
+    algorithm: Literal["score"] = "score"
+    stage1_steps: int = Field(default=14, ge=0)
+    stage2_steps: int = Field(default=14, ge=1)
+    beta: float = Field(default=0.01, gt=0.0, description="KL coefficient (SCoRe's beta_1)")
+    first_turn_beta: float = Field(default=0.1, ge=0.0, description="stage I's KL on the first attempt (beta_2)")
+    shaping_alpha: float = Field(default=10.0, ge=0.0)
+    learning_rate: float = Field(default=1e-5, gt=0.0)
+    num_generations: int = Field(default=8, ge=2)
+    generation_batch_size: int = Field(default=32, ge=2)
+    max_completion_length: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.7, gt=0.0)
     eval_limit: int = Field(default=100, ge=1)
 
 
