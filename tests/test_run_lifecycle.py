@@ -149,3 +149,29 @@ def test_a_missing_tracker_package_is_one_line_before_anything_is_written(tmp_pa
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "pip install wandb" in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+EPISODES = ["grpo", "--model", "tiny-random", "--set", "environment=self_correction", "--set", "max_turns=2",
+            "--set", "max_steps=3", "--set", "num_generations=2", "--set", "generation_batch_size=4",
+            "--set", "max_completion_length=6", "--set", "eval_limit=2", "--set", "save_steps=1",
+            "--set", "report_to=none"]
+
+
+def test_a_multi_turn_run_resumes_after_kill_9_with_the_same_episodes(tmp_path):
+    reference = tmp_path / "reference"
+    done = _cli("train", *EPISODES, "--output-dir", reference)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "run"
+    _kill_after_checkpoint(EPISODES, run, 1)
+    resumed = _cli("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after step 1" in resumed.stdout + resumed.stderr
+    a, b = _rows(run / "metrics.jsonl"), _rows(reference / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        for key in ("completion_length", "reward/turn_1", "reward/turn_2", "accuracy", "loss"):
+            assert x[key] == y[key], (x["step"], key)
+    samples = [[(r["step"], r["completion"]) for r in _rows(r / "samples.jsonl")] for r in (run, reference)]
+    assert samples[0] == samples[1]  # the same episodes, turn for turn, after the restart
+    weights = [load_file(r / "final" / "model.safetensors") for r in (run, reference)]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[1])
