@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GRPO with PRM step rewards, hardened (prose steps neither right nor wrong, the verdict as the last step),
-# on the PRM of benchmarks/monitor_evidence.sh; compare with its grpo-prm run and with outcome-only GRPO
-# (benchmarks/preference_evidence.sh's grpo run: the default, the same 28 steps x 32 completions).
+# GRPO with PRM step rewards, hardened (process_neutral=neither: prose steps get no reward; the verdict, weight 2,
+# as the last step), on the PRM of benchmarks/monitor_evidence.sh; then outcome-only GRPO on the same budget (the
+# defaults: 28 steps x 32 completions). Compare both with monitor_evidence.sh's grpo-prm run. Measured (AMD EPYC,
+# 2 cores, 100 held-out problems, greedy): hardened 0.24 -> 0.37, outcome-only 0.24 -> 0.35, unhardened 0.24 -> 0.01.
 set -euo pipefail
 OUT=${1:-runs/monitor-evidence}
 BIN=${BIN:-.venv/bin}
