@@ -138,7 +138,9 @@ def test_two_learners_take_the_same_steps_as_one(tmp_path, reward_file, algorith
     for x, y in zip(one, two, strict=True):
         for key in ("loss", "grad_norm", "kl", "entropy", "value_loss"):
             if key in x:
-                assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-7), (x["step"], key)
+                # PPO's policy loss sums whitened advantages to about 0: float32 terms of order 1e-2 cancel to
+                # 1e-7, where the order of the sums (one process or two) decides the last bits
+                assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-6), (x["step"], key)
     assert one[-1]["grad_norm"] > 0
     weights = [load_file(run / "final" / "model.safetensors") for run in runs]
     for name, value in weights[0].items():
