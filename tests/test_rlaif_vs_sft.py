@@ -93,3 +93,17 @@ def test_sft_fine_tunes_on_a_teachers_prompt_completion_rows(tmp_path):
     data.write_text('{"prompt": "q"}\n')
     with pytest.raises(IncentivizeError, match="teacher.jsonl:1: row has no field 'completion'"):
         train_sft(settings.model_copy(update={"output_dir": str(tmp_path / "bad")}))
+
+
+def test_a_critic_too_unsure_to_label_any_pair_leaves_b_without_a_result_and_the_rest_runs(tmp_path, monkeypatch):
+    from incentivize.rewards.judge import Judge
+
+    monkeypatch.setattr(Task, "verify", lambda self, example, completion: Verdict(None, len(completion) % 2 == 0))
+    monkeypatch.setattr(Judge, "compare", lambda self, questions, a, b: [0.5] * len(a))  # never prefers either
+    config = _config(tmp_path).model_copy(update={"judge_confidence": 0.6})
+    result = run_rlaif_vs_sft(config)
+    assert result.summary["arms"]["rlaif"] is None and "judge preferred no completion" in result.summary["no_pairs"]
+    assert result.summary["arms"]["oracle-critic"] is not None and result.summary["arms"]["sft"] is not None
+    table = (result.run_dir / "comparison.md").read_text()
+    assert "| (b) (a) + DPO, AI critic tiny-random | no pairs: round 1: the judge preferred no completion" in table
+    assert "(c) (a) + DPO, the verifier as critic" in table

@@ -28,7 +28,7 @@ from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.models import load
 from incentivize.recipes.stages import run_stage, shared_settings
 from incentivize.tasks import load_task
-from incentivize.trainers.preference import train_preference
+from incentivize.trainers.preference import NoPairs, train_preference
 from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer, run
 from incentivize.trainers.sft import train_sft
 
@@ -64,7 +64,9 @@ class RlaifVsSft(Trainer):
         return StepOutput({}, nonfinite=None)
 
     def evaluate(self, label: str, directory: Path) -> dict[str, Any] | None:
-        return {f"greedy_accuracy/{arm}": value for arm, value in self.state["arms"].items()} if label == "after" else None
+        if label != "after":
+            return None
+        return {f"greedy_accuracy/{arm}": value for arm, value in self.state["arms"].items() if value is not None}
 
     def state_dict(self) -> dict[str, Any]:
         return {"recipe": json.loads(json.dumps(self.state))}
@@ -76,7 +78,8 @@ class RlaifVsSft(Trainer):
         return [name for name in report_to if name == "tensorboard"]  # the stages log to the others
 
     def summary(self) -> dict[str, Any]:
-        return {"arms": self.state["arms"], "teacher_accuracy": self.state["teacher_accuracy"]}
+        return {"arms": self.state["arms"], "teacher_accuracy": self.state["teacher_accuracy"],
+                **({"no_pairs": self.state["no_pairs"]} if "no_pairs" in self.state else {})}
 
     # ------------------------------------------------------------------ stages
 
@@ -111,7 +114,14 @@ class RlaifVsSft(Trainer):
         self.state["arms"]["base"] = (sft.before or {}).get("greedy_accuracy")
 
     def _rlaif(self) -> None:
-        self._dpo("rlaif", "judge", f"(b) DPO from (a) on its own samples, the AI critic {self.config.critic} labelling")
+        try:
+            self._dpo("rlaif", "judge", f"(b) DPO from (a) on its own samples, the AI critic {self.config.critic} "
+                      "labelling")
+        except NoPairs as err:  # a critic too unsure to label any pair is a result, not the end of the comparison
+            self.context.say(f"(b) has no result: {err}")
+            self.state["arms"]["rlaif"] = None
+            self.state["no_pairs"] = str(err)
+            self._write_comparison()
 
     def _oracle_critic(self) -> None:
         self._dpo("oracle-critic", "verifier", "(c) DPO from (a) on its own samples, the task's verifier labelling")
@@ -141,6 +151,8 @@ class RlaifVsSft(Trainer):
                   "oracle-critic": "(c) (a) + DPO, the verifier as critic"}
         lines = ["| arm | held-out greedy accuracy |", "|---|---|"]
         lines += [f"| {labels[arm]} | {arms[arm]:.3f} |" for arm in labels if arms.get(arm) is not None]
+        if "rlaif" in arms and arms["rlaif"] is None:
+            lines.append(f"| {labels['rlaif']} | no pairs: {self.state.get('no_pairs')} |")
         if self.state["teacher_accuracy"] is not None:
             lines.append(f"\nThe teacher {config.sft_teacher} was right on {self.state['teacher_accuracy']:.1%} of "
                          f"the {config.sft_examples} training problems it answered.")

@@ -258,8 +258,8 @@ class PreferenceTrainer(SupervisedTrainer):
         if not rows:
             what = ("the judge preferred no completion with judge_confidence" if self.judge is not None else
                     "no problem had both a correct and an incorrect completion")
-            raise IncentivizeError(f"round {round_}: {what} among {config.samples_per_problem} samples; raise "
-                                   "samples_per_problem or temperature, or use a task nearer the model's level")
+            raise NoPairs(f"round {round_}: {what} among {config.samples_per_problem} samples; raise "
+                          "samples_per_problem or temperature, or use a task nearer the model's level")
         items = [self._item(row) for row in rows]
         self._warn_truncated(path)
         self._reference(items)  # the policy at the round's start is the round's reference
@@ -340,6 +340,10 @@ class PreferenceTrainer(SupervisedTrainer):
     def status(self, metrics: Any) -> str:
         accuracy = metrics.get("rewards/accuracies")
         return f"loss {metrics['loss']:.4f}" + (f" acc {accuracy:.2f}" if accuracy is not None else "")
+
+
+class NoPairs(IncentivizeError):
+    """A round of self-sampled pairs found none to train on (the run stops; a recipe may go on without it)."""
 
 
 def _pairs_by_verifier(problems: list[tuple[Example, Messages, list[SampleRecord]]],
