@@ -143,14 +143,12 @@ def test_the_python_tool_runs_a_block_and_shows_its_output():
     assert final.message is None and final.reward == float(task.verify(example, f"The answer is {example.answer}.").correct)
 
 
-def test_grpo_on_self_correction_episodes_trains_on_the_model_turns_only(tiny, tmp_path, monkeypatch):
-    import json
-
-    from incentivize.config import load_config
+def _record_steps(monkeypatch):
+    """The StepData of each RL step, recorded; episode rewards that differ within each group (so that every
+    step has something to learn)."""
     from incentivize.trainers import collect as collect_module
     from incentivize.trainers import rl
 
-    _, tokenizer = tiny
     seen = []
     original_collect = rl._collect
 
@@ -158,9 +156,19 @@ def test_grpo_on_self_correction_episodes_trains_on_the_model_turns_only(tiny, t
         seen.append(original_collect(*args, **kwargs))
         return seen[-1]
 
-    # rewards that differ within each group, so that the step has something to learn
     monkeypatch.setattr(collect_module, "episode_rewards", lambda turns, how, alpha: torch.arange(len(turns)) % 3.0)
     monkeypatch.setattr(rl, "_collect", recording)
+    return seen
+
+
+def test_grpo_on_self_correction_episodes_trains_on_the_model_turns_only(tiny, tmp_path, monkeypatch):
+    import json
+
+    from incentivize.config import load_config
+    from incentivize.trainers import rl
+
+    _, tokenizer = tiny
+    seen = _record_steps(monkeypatch)
     config = load_config("grpo", None, [
         "model=tiny-random", "max_steps=2", "num_generations=4", "generation_batch_size=8", "max_completion_length=6",
         "eval_limit=3", "learning_rate=1e-3", "micro_batch_size=4", "environment=self_correction", "max_turns=2",
@@ -197,7 +205,6 @@ def test_episode_settings_that_do_not_fit_are_refused():
 
 def test_scores_stage_one_trains_the_second_attempt_and_holds_the_first_by_the_kl(tmp_path, monkeypatch):
     from incentivize.config import load_config
-    from incentivize.trainers import collect as collect_module
     from incentivize.trainers import rl
 
     captured = []
@@ -207,16 +214,8 @@ def test_scores_stage_one_trains_the_second_attempt_and_holds_the_first_by_the_k
         captured.append((advantages.detach().clone(), mask.clone()))
         return original_loss(logp, old_logp, advantages, mask, **options)
 
-    seen = []
-    original_collect = rl._collect
-
-    def recording(*args, **kwargs):
-        seen.append(original_collect(*args, **kwargs))
-        return seen[-1]
-
-    monkeypatch.setattr(collect_module, "episode_rewards", lambda turns, how, alpha: torch.arange(len(turns)) % 3.0)
+    seen = _record_steps(monkeypatch)
     monkeypatch.setattr(rl, "ppo_clip_loss", capturing)
-    monkeypatch.setattr(rl, "_collect", recording)
     config = load_config("grpo", None, [
         "model=tiny-random", "max_steps=1", "num_generations=4", "generation_batch_size=8", "max_completion_length=6",
         "eval_limit=2", "micro_batch_size=8", "environment=self_correction", "max_turns=2", "beta=0.04",

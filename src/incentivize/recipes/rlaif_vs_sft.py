@@ -26,10 +26,10 @@ from incentivize.config import JudgeSettings, PreferenceConfig, RlaifVsSftConfig
 from incentivize.errors import IncentivizeError
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.models import load
-from incentivize.recipes.stages import run_stage, shared_settings
+from incentivize.recipes.stages import StagedRecipe, run_stage, shared_settings
 from incentivize.tasks import load_task
 from incentivize.trainers.preference import NoPairs, train_preference
-from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer, run
+from incentivize.trainers.run import RunContext, RunResult, run
 from incentivize.trainers.sft import train_sft
 
 ORACLE = "oracle"
@@ -42,7 +42,7 @@ def run_rlaif_vs_sft(config: RlaifVsSftConfig, *, on_event: Callable[[str], None
                on_progress=on_progress)
 
 
-class RlaifVsSft(Trainer):
+class RlaifVsSft(StagedRecipe):
     """One step per stage: the teacher's answers, SFT, DPO with the AI critic, DPO with the oracle critic."""
 
     def __init__(self, config: RlaifVsSftConfig) -> None:
@@ -59,23 +59,12 @@ class RlaifVsSft(Trainer):
             self.stages.remove(self._rlaif)  # (b) would be (c)
         self.total_steps = len(self.stages)
 
-    def step(self, step: int) -> StepOutput:
-        self.stages[step - 1]()
-        return StepOutput({}, nonfinite=None)
 
     def evaluate(self, label: str, directory: Path) -> dict[str, Any] | None:
         if label != "after":
             return None
         return {f"greedy_accuracy/{arm}": value for arm, value in self.state["arms"].items() if value is not None}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"recipe": json.loads(json.dumps(self.state))}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state = dict(state["recipe"])
-
-    def trackers(self, report_to: list[str]) -> list[str]:
-        return [name for name in report_to if name == "tensorboard"]  # the stages log to the others
 
     def summary(self) -> dict[str, Any]:
         return {"arms": self.state["arms"], "teacher_accuracy": self.state["teacher_accuracy"],

@@ -19,17 +19,16 @@ unchanged) of the base model and after each stage go to `comparison.md` and `sum
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from incentivize.atomic import write_text
 from incentivize.config import PRESETS, RLConfig, ScoreConfig
-from incentivize.recipes.stages import run_stage, shared_settings
+from incentivize.recipes.stages import StagedRecipe, run_stage, shared_settings
 from incentivize.tasks import load_task
 from incentivize.trainers.rl import train
-from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer, run
+from incentivize.trainers.run import RunContext, RunResult, run
 
 METRICS = ["accuracy@t1", "accuracy@t2", "delta", "delta_i_to_c", "delta_c_to_i", "unchanged"]
 
@@ -41,7 +40,7 @@ def run_score(config: ScoreConfig, *, on_event: Callable[[str], None] | None = N
                on_progress=on_progress)
 
 
-class Score(Trainer):
+class Score(StagedRecipe):
     """One step per stage: stage I (unless `stage1_steps` is 0), then stage II."""
 
     def __init__(self, config: ScoreConfig) -> None:
@@ -54,23 +53,12 @@ class Score(Trainer):
         self.stages = [self._stage1, self._stage2] if self.config.stage1_steps else [self._stage2]
         self.total_steps = len(self.stages)
 
-    def step(self, step: int) -> StepOutput:
-        self.stages[step - 1]()
-        return StepOutput({}, nonfinite=None)
 
     def evaluate(self, label: str, directory: Path) -> dict[str, Any] | None:
         if label != "after":
             return None
         return {f"{name}/{k}": v for name, metrics in self.state["models"].items() for k, v in metrics.items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"recipe": json.loads(json.dumps(self.state))}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state = dict(state["recipe"])
-
-    def trackers(self, report_to: list[str]) -> list[str]:
-        return [name for name in report_to if name == "tensorboard"]  # the stages log to the others
 
     def summary(self) -> dict[str, Any]:
         return {"models": self.state["models"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import Any
 from incentivize.checkpoint import latest_checkpoint
 from incentivize.config import LifecycleSettings
 from incentivize.trainers.interrupt import TrainingInterrupted
-from incentivize.trainers.run import RunContext, RunResult
+from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer
 
 
 def run_stage(context: RunContext, name: str, train: Callable[..., RunResult], settings: LifecycleSettings) -> RunResult:
@@ -37,3 +38,25 @@ def shared_settings(config: LifecycleSettings, context: RunContext, name: str) -
     """The lifecycle keys a stage takes from its recipe, and its directory."""
     return {"seed": config.seed, "save_steps": config.save_steps, "save_total_limit": config.save_total_limit,
             "report_to": config.report_to, "output_dir": str(context.run_dir / name)}
+
+
+class StagedRecipe(Trainer):
+    """A recipe whose steps are its stages: a subclass sets `self.stages` (callables, one per step) in `setup`
+    and keeps what later stages and its summary need in `self.state` (saved with each checkpoint); the stages
+    log to the trackers themselves, so the recipe keeps only tensorboard."""
+
+    state: dict[str, Any]
+    stages: list[Callable[[], None]]
+
+    def step(self, step: int) -> StepOutput:
+        self.stages[step - 1]()  # each stage has its own run directory and logs; the recipe's row times it
+        return StepOutput({}, nonfinite=None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recipe": copy.deepcopy(self.state)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = dict(state["recipe"])
+
+    def trackers(self, report_to: list[str]) -> list[str]:
+        return [name for name in report_to if name == "tensorboard"]

@@ -28,8 +28,8 @@ from incentivize.models import load
 from incentivize.rewards.reward_model import load_verifier
 from incentivize.tasks import load_task
 from incentivize.trainers.reward_model import train_reward_model
-from incentivize.recipes.stages import run_stage, shared_settings
-from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer, run
+from incentivize.recipes.stages import StagedRecipe, run_stage, shared_settings
+from incentivize.trainers.run import RunContext, RunResult, run
 from incentivize.trainers.sft import train_sft
 
 
@@ -40,7 +40,7 @@ def run_verifier_recipe(config: VerifierRecipeConfig, *, on_event: Callable[[str
                on_progress=on_progress)
 
 
-class VerifierRecipe(Trainer):
+class VerifierRecipe(StagedRecipe):
     """Three steps, one per stage: fine-tune the generator, train the verifier, rerank held-out samples."""
 
     def __init__(self, config: VerifierRecipeConfig) -> None:
@@ -56,22 +56,11 @@ class VerifierRecipe(Trainer):
             self.stages = self.stages[1:]
         self.total_steps = len(self.stages)
 
-    def step(self, step: int) -> StepOutput:
-        self.stages[step - 1]()  # each stage has its own run directory and logs; the recipe's row times it
-        return StepOutput({}, nonfinite=None)
 
     def evaluate(self, label: str, directory: Path) -> dict[str, Any] | None:
         """After the last stage: the reranked held-out accuracies it measured (in `eval/`)."""
         return self.state["metrics"] if label == "after" else None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"recipe": dict(self.state)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state = dict(state["recipe"])
-
-    def trackers(self, report_to: list[str]) -> list[str]:
-        return [name for name in report_to if name == "tensorboard"]  # the stages log to the others
 
     def summary(self) -> dict[str, Any]:
         return {"metrics": self.state["metrics"], "verifier_validation": self.state["verifier_validation"],
