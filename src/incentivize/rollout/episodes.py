@@ -131,6 +131,7 @@ def run_episodes(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Exam
     faults: list[str | None] = [None] * count
     reasons: list[list[str]] = [[] for _ in range(count)]
     live = list(range(count))
+    separators: dict[str, Callable[[bool], list[int]]] = {}  # message -> its tokens between turns
     for turn in range(max_turns):
         next_live = []
         for i, ids, row_logps, reason in _sample_turn(model, [prompts[i] + tokens[i] for i in live], live, params,
@@ -155,7 +156,9 @@ def run_episodes(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Exam
                 continue
             if answer.message is None or turn + 1 == max_turns:
                 continue
-            separator = turn_separator(tokenizer, answer.message, eos_token_ids)(reason == "eos")
+            if answer.message not in separators:  # environments often say the same thing to every episode
+                separators[answer.message] = turn_separator(tokenizer, answer.message, eos_token_ids)
+            separator = separators[answer.message](reason == "eos")
             tokens[i] += separator
             logps[i] += [0.0] * len(separator)
             mask[i] += [0] * len(separator)
