@@ -7,6 +7,8 @@ import torch
 
 from incentivize.errors import IncentivizeError
 from incentivize.rollout import SamplingParams
+from incentivize.rollout import episodes
+from incentivize.rollout.engine import generate as engine_generate
 from incentivize.rollout.episodes import Turn, run_episodes
 from incentivize.tasks import load_task
 from incentivize.tasks.environments import CORRECTION_INSTRUCTION, SelfCorrection
@@ -65,9 +67,23 @@ def test_environment_tokens_are_masked_out_and_model_tokens_kept(tiny):
         assert all(rollouts.logprobs[i, k] == 0 for k in range(len(mask)) if mask[k] == 0)
 
 
-def test_the_logprobs_are_those_of_a_forward_pass_over_the_whole_conversation(tiny):
-    model, _ = tiny
-    rollouts = _episodes(tiny, [Echo(), Echo(), Echo()]).rollouts
+def _early_ends(tiny):
+    """End-of-turn ids that end about one turn in eight early, so rows of a batch finish at different steps and the
+    engine drops finished rows from its cache mid-turn."""
+    _, tokenizer = tiny
+    return [tokenizer.eos_token_id, *range(3, len(tokenizer), 8)]
+
+
+@pytest.mark.parametrize("keep_cache", [True, False])
+def test_the_logprobs_are_those_of_a_forward_pass_over_the_whole_conversation(tiny, keep_cache):
+    model, tokenizer = tiny
+    examples = load_task("arithmetic").examples("test", 6)
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=3)
+    result = run_episodes(model, tokenizer, examples, [Echo() for _ in examples], params, 3,
+                          eos_token_ids=_early_ends(tiny), keep_cache=keep_cache, batch_size=4)
+    assert len({len(spans) for spans in result.turn_spans}) == 1  # every episode reached its third turn
+    assert len({end - start for spans in result.turn_spans for start, end in spans}) > 1  # of different lengths
+    rollouts = result.rollouts
     ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)
     attention = torch.cat([rollouts.prompt_mask, torch.ones_like(rollouts.completion_ids)], dim=1)
     positions = (attention.cumsum(1) - 1).clamp(min=0)
@@ -79,6 +95,32 @@ def test_the_logprobs_are_those_of_a_forward_pass_over_the_whole_conversation(ti
     mask = rollouts.completion_mask.bool()
     assert mask.sum() > 0
     torch.testing.assert_close(rollouts.logprobs[mask], fresh[mask], atol=2e-4, rtol=0)
+
+
+def test_keeping_the_cache_across_turns_samples_the_same_episodes(tiny, monkeypatch):
+    model, tokenizer = tiny
+    examples = load_task("arithmetic").examples("test", 5)
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=11)
+    prefilled = {True: 0, False: 0}
+
+    def counting(keep):
+        def generate(model, prompts, params, *, past=None, **options):
+            prefilled[keep] += sum(len(p) - (s.length if s is not None else 0) for p, s in zip(prompts, past or []))
+            return engine_generate(model, prompts, params, past=past, **options)
+        return generate
+
+    runs = []
+    for keep in (True, False):
+        monkeypatch.setattr(episodes, "generate", counting(keep))
+        runs.append(run_episodes(model, tokenizer, examples, [Echo() for _ in examples], params, 3,
+                                 eos_token_ids=_early_ends(tiny), keep_cache=keep, batch_size=3))
+        monkeypatch.undo()
+    # with the cache, the turns after the first read only what is new: one model token and the environment's
+    separators = sum(start - end + 1 for spans in runs[0].turn_spans for (_, end), (start, _) in zip(spans, spans[1:]))
+    assert prefilled[True] == int(runs[0].rollouts.prompt_mask.sum()) + separators
+    assert prefilled[False] > prefilled[True]
+    assert runs[0].texts == runs[1].texts
+    torch.testing.assert_close(runs[0].rollouts.logprobs, runs[1].rollouts.logprobs, atol=2e-4, rtol=0)
 
 
 def test_an_episode_does_not_depend_on_its_batch(tiny):

@@ -14,6 +14,10 @@ The mask covers every generated token up to and including the one that ended the
 token or the token that completed a stop string), so the stop token gets a gradient; padding after
 it has mask 0.
 
+A prompt may come with the KV cache of its beginning (`past`, a `KVState` from an earlier call with
+`keep_states=True`): only the rest of it is prefilled. A multi-turn episode keeps its cache this way from
+one turn to the next instead of reading the whole conversation again.
+
 Sampling is seeded per prompt: the uniform draws of a prompt's samples come from its own seed
 (`seeds`, by default derived from `params.seed` and the prompt's position), so a prompt's completions
 do not depend on which other prompts share its batch. Several processes that each sample some of a
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
+from transformers.cache_utils import DynamicCache
 
 from incentivize.errors import IncentivizeError
 from incentivize.models.cache import cache_argument, preallocate
@@ -47,6 +53,15 @@ class SamplingParams(BaseModel):
 
 
 @dataclass
+class KVState:
+    """The keys and values a sequence's first `length` tokens left in the model's cache: per layer, (heads, length,
+    head_dim) keys and values, ready to continue that sequence without reading it again."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    length: int
+
+
+@dataclass
 class Rollouts:
     """A batch of B = len(prompts) * n sampled completions.
 
@@ -58,6 +73,8 @@ class Rollouts:
     prompt_index:    (B,)   long, which input prompt each row came from
     finish_reasons:  B strings: "eos", "stop" (a stop string) or "length"
     pad_token_id:    the id used for padding
+    states:          from `generate(..., keep_states=True)` only: per row, the cache of its prompt and completion
+                     but the last token (what the model has read); not carried by `select` or `concat`
     """
 
     prompt_ids: torch.Tensor
@@ -68,6 +85,7 @@ class Rollouts:
     prompt_index: torch.Tensor
     finish_reasons: list[str]
     pad_token_id: int
+    states: list[KVState] | None = None
 
     def __len__(self) -> int:
         return len(self.finish_reasons)
@@ -117,6 +135,30 @@ class Rollouts:
             pad_token_id=pad,
         )
 
+    @classmethod
+    def from_token_lists(cls, prompts: Sequence[Sequence[int]], tokens: Sequence[Sequence[int]],
+                         logprobs: Sequence[Sequence[float]], mask: Sequence[Sequence[int]], reasons: list[str],
+                         pad: int, prompt_index: Sequence[int] | None = None) -> Rollouts:
+        """Rows built from per-row lists (prompt ids; completion ids with their log-probs and mask), padded;
+        `prompt_index` says which rows share a prompt (default: none do)."""
+        count = len(prompts)
+        prompt_width, width = max(len(p) for p in prompts), max(1, max(len(t) for t in tokens))
+        prompt_ids = torch.full((count, prompt_width), pad, dtype=torch.long)
+        prompt_mask = torch.zeros((count, prompt_width), dtype=torch.long)
+        completion_ids = torch.full((count, width), pad, dtype=torch.long)
+        completion_mask = torch.zeros((count, width), dtype=torch.long)
+        values = torch.zeros((count, width))
+        for i in range(count):
+            prompt_ids[i, prompt_width - len(prompts[i]):] = torch.tensor(list(prompts[i]), dtype=torch.long)
+            prompt_mask[i, prompt_width - len(prompts[i]):] = 1
+            n = len(tokens[i])
+            if n:
+                completion_ids[i, :n] = torch.tensor(list(tokens[i]), dtype=torch.long)
+                completion_mask[i, :n] = torch.tensor(list(mask[i]), dtype=torch.long)
+                values[i, :n] = torch.tensor(list(logprobs[i]))
+        index = torch.arange(count) if prompt_index is None else torch.tensor(list(prompt_index), dtype=torch.long)
+        return cls(prompt_ids, prompt_mask, completion_ids, completion_mask, values, index, reasons, pad)
+
     @property
     def completion_lengths(self) -> torch.Tensor:
         """(B,) the tokens each row trains on (the model's; a multi-turn row's environment tokens excluded)."""
@@ -149,20 +191,28 @@ def generate(
     decode: Callable[[list[int]], str] | None = None,
     on_token: Callable[[int], None] | None = None,
     seeds: Sequence[int] | None = None,
+    past: Sequence[KVState | None] | None = None,
+    keep_states: bool = False,
 ) -> Rollouts:
     """Sample `params.n` completions for each prompt in one batch.
 
     `decode` turns token ids into text; it is needed only when `params.stop` is not empty.
     `on_token(k)` is called after each decoding step with the number of sequences still running.
     `seeds` has one seed per prompt (default `prompt_seeds(params.seed, len(prompts))`).
+    `past` has per prompt the cache of its first `length` tokens (or None): only the rest is prefilled.
+    `keep_states` returns each row's cache in `Rollouts.states`, to continue it in a later call.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise IncentivizeError("generate() needs at least one prompt and no empty prompt")
     if params.stop and decode is None:
         raise IncentivizeError("stop strings need a decode function (pass decode=tokenizer.decode)")
+    if past is not None and len(past) != len(prompts):
+        raise IncentivizeError(f"generate() got {len(past)} cache states for {len(prompts)} prompts")
     device = next(model.parameters()).device
     batch = len(prompts) * params.n
-    unique_ids, unique_mask = _left_pad([list(p) for p in prompts], pad_token_id, device)
+    prompt_ids, prompt_mask = _left_pad([list(p) for p in prompts], pad_token_id, device)
+    cache_arg = cache_argument(model)
+    unique_ids, unique_mask, past_cache = _prefill_inputs(model, prompts, past, pad_token_id, device)
     seeds = list(seeds) if seeds is not None else prompt_seeds(params.seed, len(prompts))
     if len(seeds) != len(prompts):
         raise IncentivizeError(f"generate() got {len(seeds)} seeds for {len(prompts)} prompts")
@@ -175,17 +225,18 @@ def generate(
     running = torch.ones(batch, dtype=torch.bool, device=device)
     reasons = ["length"] * batch
     max_stop_tokens = max((len(s) for s in params.stop), default=0) + 4
-    cache_arg = cache_argument(model)
+    states: list[KVState | None] = [None] * batch
 
     with torch.inference_mode():
-        # Prefill each distinct prompt once, then copy its cache for its n samples.
+        # Prefill each distinct prompt once (past its cached beginning), then copy its cache for its n samples.
         positions = (unique_mask.cumsum(dim=1) - 1).clamp(min=0)
         out = model(
-            input_ids=unique_ids, attention_mask=unique_mask, position_ids=positions,
-            use_cache=True, logits_to_keep=1, **{cache_arg: None},
+            input_ids=unique_ids, attention_mask=unique_mask, position_ids=positions[:, -unique_ids.shape[1]:],
+            use_cache=True, logits_to_keep=1, **{cache_arg: past_cache},
         )
         # each row's cache gets room for all its new tokens up front: no copy to grow it at every step
-        cache = preallocate(out[cache_arg], unique_ids.shape[1] + params.max_new_tokens, repeats=params.n)
+        prefill_width = unique_mask.shape[1]
+        cache = preallocate(out[cache_arg], prefill_width + params.max_new_tokens, repeats=params.n)
         logits = out.logits[:, -1, :].float().repeat_interleave(params.n, dim=0)  # (B, V)
         attention = unique_mask.repeat_interleave(params.n, dim=0)
         positions = positions[:, -1:].repeat_interleave(params.n, dim=0)
@@ -218,6 +269,8 @@ def generate(
                 # Drop finished rows so they stop costing compute; copying the cache is not free,
                 # so only when a quarter of the batch is done.
                 keep = live.nonzero().flatten()
+                if keep_states:
+                    _keep_states(states, cache, active, ~live, attention[:, :prefill_width], mask)
                 cache.batch_select_indices(keep)
                 active, attention, positions = active[keep], attention[keep], positions[keep]
                 next_tokens = next_tokens[keep]
@@ -229,20 +282,69 @@ def generate(
             )
             cache = out[cache_arg]
             logits = out.logits[:, -1, :].float()
+        if keep_states:
+            _keep_states(states, cache, active, torch.ones_like(active, dtype=torch.bool), attention[:, :prefill_width],
+                         mask)
 
-    prompt_ids = unique_ids.repeat_interleave(params.n, dim=0)
-    prompt_mask = unique_mask.repeat_interleave(params.n, dim=0)
     width = int(mask.sum(dim=1).max())
     return Rollouts(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
+        prompt_ids=prompt_ids.repeat_interleave(params.n, dim=0),
+        prompt_mask=prompt_mask.repeat_interleave(params.n, dim=0),
         completion_ids=tokens[:, :width].clone(),
         completion_mask=mask[:, :width].clone(),
         logprobs=logprobs[:, :width].clone(),
         prompt_index=torch.arange(len(prompts), device=device).repeat_interleave(params.n),
         finish_reasons=reasons,
         pad_token_id=pad_token_id,
+        states=[state for state in states if state is not None] if keep_states else None,
     )
+
+
+def _prefill_inputs(model: torch.nn.Module, prompts: Sequence[Sequence[int]], past: Sequence[KVState | None] | None,
+                    pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """What the prefill reads: the input ids (B, S), the attention mask over cache and input (B, P + S) and the
+    cache (None without `past`). Each row's cached beginning sits at the right end of the P cache columns and the
+    rest of its prompt at the right end of the S input columns; the columns between are masked out."""
+    states = list(past) if past is not None else [None] * len(prompts)
+    cached = [0 if state is None else state.length for state in states]
+    if not any(cached):
+        ids, mask = _left_pad([list(p) for p in prompts], pad_id, device)
+        return ids, mask, None
+    if any(length >= len(prompt) for length, prompt in zip(cached, prompts)):
+        raise IncentivizeError("a cache state covers a whole prompt: the prompt must go on past its cached beginning")
+    ids, suffix_mask = _left_pad([list(p[n:]) for p, n in zip(prompts, cached)], pad_id, device)
+    width = max(cached)
+    cache_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for row, length in enumerate(cached):
+        cache_mask[row, width - length:] = 1  # (an empty slice for a row without a state)
+    template = next(state for state in states if state is not None)  # a row without a state has length 0
+    cache = DynamicCache()
+    for layer in range(len(template.layers)):
+        keys, values = [], []
+        for state, length in zip(states, cached):
+            k, v = (state or template).layers[layer]
+            keys.append(torch.nn.functional.pad(k[:, :length], (0, 0, width - length, 0)))  # zeros on the left
+            values.append(torch.nn.functional.pad(v[:, :length], (0, 0, width - length, 0)))
+        cache.update(torch.stack(keys), torch.stack(values), layer)
+    return ids, torch.cat([cache_mask, suffix_mask], dim=1), cache
+
+
+def _keep_states(states: list[KVState | None], cache: Any, active: torch.Tensor, rows: torch.Tensor,
+                 prefill_mask: torch.Tensor, mask: torch.Tensor) -> None:
+    """Store the cache of the live batch's `rows` (bool) under their original rows: the prefill columns they
+    attend to, then the decoding columns of their sampled tokens but the last (never fed to the model)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise IncentivizeError("keeping the KV cache across calls needs a transformers cache with layers (>= 4.56)")
+    width = prefill_mask.shape[1]
+    for position in rows.nonzero().flatten().tolist():
+        row = int(active[position])
+        sampled = int(mask[row].sum())
+        columns = torch.cat([prefill_mask[position].nonzero().flatten(),
+                             torch.arange(width, width + sampled - 1, device=mask.device)])
+        kept = [(layer.keys[position].index_select(1, columns), layer.values[position].index_select(1, columns))
+                for layer in layers]
+        states[row] = KVState(kept, len(columns))
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,9 @@ message enters as the tokens the template puts between the end of an assistant t
 `run_episodes` returns one `Rollouts` row per episode whose "completion" is the whole exchange after the first
 prompt: model turns with their sampling log-probabilities and mask 1, the environment's tokens with mask 0 (a
 learner trains on the model's tokens only; the advantage estimators take such non-contiguous masks), plus each
-turn's reward and span. Each turn re-reads the conversation so far (no KV cache is kept across turns yet): the
-log-probabilities are those of a forward pass over the whole conversation, as a learner computes them.
+turn's reward and span. Each episode keeps its KV cache from one turn to the next (`KVState`): a turn reads only
+the last token of the model's previous turn and the environment's message, not the whole conversation again
+(`keep_cache=False` reads it all, as a learner's forward pass does; the log-probabilities agree to float rounding).
 
 An environment that raises or overruns `timeout_s` in `step` ends its episode only: the turn's reward is NaN
 and the fault is counted.
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import torch
 
 from incentivize.errors import IncentivizeError
-from incentivize.rollout.engine import Rollouts, SamplingParams, generate, prompt_seeds
+from incentivize.rollout.engine import KVState, Rollouts, SamplingParams, generate, prompt_seeds
 from incentivize.tasks.base import Example, render_prompt
 from incentivize.timelimit import TimedOut, call_with_time_limit
 
@@ -107,11 +108,12 @@ def turn_separator(tokenizer: Any, message: str, eos_token_ids: Sequence[int]) -
 def run_episodes(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example],
                  environments: Sequence[Environment], params: SamplingParams, max_turns: int, *,
                  eos_token_ids: Sequence[int], seeds: Sequence[int] | None = None, timeout_s: float = 10.0,
-                 batch_size: int = 64, progress: Callable[[int], None] | None = None) -> Episodes:
+                 batch_size: int = 64, progress: Callable[[int], None] | None = None,
+                 keep_cache: bool = True) -> Episodes:
     """Episodes of `environments[i]` on `examples[i]` (params.n must be 1: give one environment per sample),
     each turn sampled from `model` by `generate`, `batch_size` conversations at a time, with the episode's own
     seed for that turn, so an episode does not depend on the others in its batch. `progress(n)` gets the
-    number of model turns completed."""
+    number of model turns completed. With `keep_cache` each episode's KV cache carries over to its next turn."""
     if max_turns < 1:
         raise IncentivizeError(f"max_turns must be at least 1, got {max_turns}")
     if params.n != 1:
@@ -130,13 +132,18 @@ def run_episodes(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Exam
     texts: list[list[str]] = [[] for _ in range(count)]
     faults: list[str | None] = [None] * count
     reasons: list[list[str]] = [[] for _ in range(count)]
+    caches: list[KVState | None] = [None] * count
     live = list(range(count))
     separators: dict[str, Callable[[bool], list[int]]] = {}  # message -> its tokens between turns
     for turn in range(max_turns):
         next_live = []
-        for i, ids, row_logps, reason in _sample_turn(model, [prompts[i] + tokens[i] for i in live], live, params,
-                                                      [(seeds[i] + 0x51ED * turn) % 2**63 for i in live],
-                                                      eos_token_ids, pad, tokenizer.decode, batch_size, progress):
+        seeds_now = [(seeds[i] + 0x51ED * turn) % 2**63 for i in live]
+        keep = keep_cache and turn + 1 < max_turns
+        for i, ids, row_logps, reason, cache in _sample_turn(
+            model, [prompts[i] + tokens[i] for i in live], [caches[i] for i in live], live, params, seeds_now,
+            eos_token_ids, pad, tokenizer.decode, batch_size, progress, keep,
+        ):
+            caches[i] = cache
             start = len(tokens[i])
             tokens[i] += ids
             logps[i] += row_logps
@@ -155,6 +162,7 @@ def run_episodes(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Exam
                 faults[i] = f"{type(error).__name__}: {error}"
                 continue
             if answer.message is None or turn + 1 == max_turns:
+                caches[i] = None
                 continue
             if answer.message not in separators:  # environments often say the same thing to every episode
                 separators[answer.message] = turn_separator(tokenizer, answer.message, eos_token_ids)
@@ -166,47 +174,34 @@ def run_episodes(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Exam
         live = next_live
         if not live:
             break
-    rollouts = _as_rollouts(prompts, tokens, logps, mask, [r[-1] if r else "length" for r in reasons], pad)
+    rollouts = Rollouts.from_token_lists(prompts, tokens, logps, mask, [r[-1] if r else "length" for r in reasons],
+                                         pad)
     return Episodes(rollouts, rewards, spans, texts, reasons, faults)
 
 
-def _sample_turn(model: torch.nn.Module, conversations: list[list[int]], episodes: list[int], params: SamplingParams,
-                 seeds: list[int], eos_token_ids: Sequence[int], pad: int, decode: Callable[..., Any], batch_size: int,
-                 progress: Callable[[int], None] | None) -> list[tuple[int, list[int], list[float], str]]:
-    """One model turn of each conversation: (episode, sampled ids, their log-probs, finish reason), in input
-    order, sampled in batches of similar length."""
+TurnSample = tuple[int, list[int], list[float], str, "KVState | None"]
+
+
+def _sample_turn(model: torch.nn.Module, conversations: list[list[int]], caches: list[KVState | None],
+                 episodes: list[int], params: SamplingParams, seeds: list[int], eos_token_ids: Sequence[int], pad: int,
+                 decode: Callable[..., Any], batch_size: int, progress: Callable[[int], None] | None,
+                 keep_cache: bool) -> list[TurnSample]:
+    """One model turn of each conversation (whose beginning `caches` may hold): (episode, sampled ids, their
+    log-probs, finish reason, the conversation's cache with `keep_cache`), in input order, sampled in batches
+    of similar length."""
     order = sorted(range(len(conversations)), key=lambda k: len(conversations[k]))
-    results: dict[int, tuple[int, list[int], list[float], str]] = {}
+    results: dict[int, TurnSample] = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         out = generate(model, [conversations[k] for k in chunk], params, eos_token_ids=eos_token_ids,
-                       pad_token_id=pad, decode=decode, seeds=[seeds[k] for k in chunk])
+                       pad_token_id=pad, decode=decode, seeds=[seeds[k] for k in chunk],
+                       past=[caches[k] for k in chunk], keep_states=keep_cache)
         for row, (k, ids) in enumerate(zip(chunk, out.completion_token_lists())):
-            results[k] = (episodes[k], ids, out.logprobs[row, : len(ids)].tolist(), out.finish_reasons[row])
+            results[k] = (episodes[k], ids, out.logprobs[row, : len(ids)].tolist(), out.finish_reasons[row],
+                          out.states[row] if out.states is not None else None)
         if progress is not None:
             progress(len(chunk))
     return [results[k] for k in range(len(conversations))]
-
-
-def _as_rollouts(prompts: list[list[int]], tokens: list[list[int]], logps: list[list[float]], mask: list[list[int]],
-                 reasons: list[str], pad: int) -> Rollouts:
-    count = len(prompts)
-    prompt_width, width = max(len(p) for p in prompts), max(1, max(len(t) for t in tokens))
-    prompt_ids = torch.full((count, prompt_width), pad, dtype=torch.long)
-    prompt_mask = torch.zeros((count, prompt_width), dtype=torch.long)
-    completion_ids = torch.full((count, width), pad, dtype=torch.long)
-    completion_mask = torch.zeros((count, width), dtype=torch.long)
-    logprobs = torch.zeros((count, width))
-    for i in range(count):
-        prompt_ids[i, prompt_width - len(prompts[i]):] = torch.tensor(prompts[i])
-        prompt_mask[i, prompt_width - len(prompts[i]):] = 1
-        n = len(tokens[i])
-        if n:
-            completion_ids[i, :n] = torch.tensor(tokens[i])
-            completion_mask[i, :n] = torch.tensor(mask[i])
-            logprobs[i, :n] = torch.tensor(logps[i])
-    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs,
-                    torch.arange(count), reasons, pad)
 
 
 def turn_numbers(spans: Sequence[Sequence[tuple[int, int]]], width: int) -> torch.Tensor:
