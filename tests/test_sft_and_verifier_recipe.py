@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from incentivize.config import SFTConfig, load_settings
 from incentivize.trainers.sft import train_sft
 
@@ -37,10 +39,15 @@ def test_verifier_recipe_runs_end_to_end_from_one_command(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
     assert (out / "generator" / "final" / "config.json").is_file()
     assert (out / "verifier" / "final" / "incentivize_verifier.json").is_file()
+    process = json.loads((out / "process-verifier" / "final" / "incentivize_verifier.json").read_text())
+    assert process["kind"] == "prm"  # trained on the outcome verifier's solutions, not sampled again
+    config = yaml.safe_load((out / "process-verifier" / "config.yaml").read_text())
+    assert config["data"] == str(out / "verifier" / "solutions.jsonl")
     summary = json.loads((out / "summary.json").read_text())
-    for name in ("select/majority", "select/orm", "select/weighted:orm", "select/top3:orm"):
+    for name in ("select/majority", "select/orm", "select/weighted:orm", "select/top3:orm", "select/prm",
+                 "select/weighted:prm", "select/top3:prm"):
         assert 0.0 <= summary["metrics"][name] <= 1.0
     sweep = json.loads((out / "eval" / "sweep.json").read_text())["accuracy"]
-    assert set(sweep["orm"]) == {"1", "2", "4"}
+    assert set(sweep["orm"]) == set(sweep["prm"]) == {"1", "2", "4"}
     assert (out / "eval" / "sweep.svg").read_text().startswith("<svg")
     assert "| orm |" in result.stderr

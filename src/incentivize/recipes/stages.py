@@ -47,10 +47,17 @@ class StagedRecipe(Trainer):
 
     state: dict[str, Any]
     stages: list[Callable[[], None]]
+    context: RunContext
+    stage_number = 0
 
     def step(self, step: int) -> StepOutput:
+        self.stage_number = step
         self.stages[step - 1]()  # each stage has its own run directory and logs; the recipe's row times it
         return StepOutput({}, nonfinite=None)
+
+    def announce(self, text: str) -> None:
+        """Say what the running stage does, numbered among the recipe's stages."""
+        self.context.say(f"stage {self.stage_number}/{len(self.stages)}: {text}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"recipe": copy.deepcopy(self.state)}

@@ -6,12 +6,15 @@
    final answer;
 3. train an outcome verifier on them, initialised from the generator, token-level targets, jointly
    with the LM loss (`lm_loss_weight` 1: the paper found the joint objective strictly better);
-4. sample `eval_samples` completions per held-out problem and pick one by the verifier, against a
-   single sample and a majority vote, with the accuracy-against-N sweep.
+4. with `process_verifier` (and a task that labels steps), train a process verifier (PRM, Lightman et
+   al. 2023) on the same solutions, from the same generator, for the same epochs;
+5. sample `eval_samples` completions per held-out problem and pick one by each verifier, against a
+   single sample and a majority vote, with the accuracy-against-N sweep and each verifier's AUROC on
+   those samples (right against wrong).
 
-Each stage is a step of the recipe's run; the first two are runs of their own in `output_dir`
-(`generator/`, `verifier/`), the last writes `eval/` (results.json, sweep.json, sweep.svg,
-samples.jsonl); then `summary.json`. `--resume` skips the finished stages and resumes an interrupted
+Each stage is a step of the recipe's run; the training stages are runs of their own in `output_dir`
+(`generator/`, `verifier/`, `process-verifier/`), the last writes `eval/` (results.json, sweep.json,
+sweep.svg, samples.jsonl); then `summary.json`. `--resume` skips the finished stages and resumes an interrupted
 one from its newest checkpoint (its `save_steps` is the recipe's), or starts it again when it has none.
 """
 
@@ -41,19 +44,26 @@ def run_verifier_recipe(config: VerifierRecipeConfig, *, on_event: Callable[[str
 
 
 class VerifierRecipe(StagedRecipe):
-    """Three steps, one per stage: fine-tune the generator, train the verifier, rerank held-out samples."""
+    """One step per stage: fine-tune the generator, train the outcome and process verifiers, rerank held-out samples."""
 
     def __init__(self, config: VerifierRecipeConfig) -> None:
         self.config = config
         self.state: dict[str, Any] = {"generator": config.model, "verifier": None, "verifier_validation": None,
+                                      "process_verifier": None, "process_verifier_validation": None,
                                       "metrics": None, "sweep": None}
 
     def setup(self, context: RunContext) -> None:
         self.context = context
         self.task = load_task(self.config.task, **self.config.task_options)  # fails early on a bad task
-        self.stages = [self._fine_tune, self._train_verifier, self._rerank]
+        first = self.task.examples("train", 1)
+        labels_steps = bool(first) and self.task.step_labels(first[0], "") is not None
+        if self.config.process_verifier and not labels_steps:
+            context.say(f"task {self.config.task!r} does not label solution steps: no process verifier")
+        self.stages = [self._fine_tune, self._train_verifier, self._train_process_verifier, self._rerank]
         if self.config.sft_epochs == 0:
-            self.stages = self.stages[1:]
+            self.stages.remove(self._fine_tune)
+        if not (self.config.process_verifier and labels_steps):
+            self.stages.remove(self._train_process_verifier)
         self.total_steps = len(self.stages)
 
 
@@ -64,11 +74,11 @@ class VerifierRecipe(StagedRecipe):
 
     def summary(self) -> dict[str, Any]:
         return {"metrics": self.state["metrics"], "verifier_validation": self.state["verifier_validation"],
-                "sweep": self.state["sweep"]}
+                "process_verifier_validation": self.state["process_verifier_validation"], "sweep": self.state["sweep"]}
 
     def _fine_tune(self) -> None:
         config = self.config
-        self.context.say(f"stage 1/3: fine-tuning {config.model} on reference solutions for {config.sft_epochs} epochs")
+        self.announce(f"fine-tuning {config.model} on reference solutions for {config.sft_epochs} epochs")
         sft = run_stage(self.context, "generator", train_sft, SFTConfig(
             model=config.model, task=config.task, task_options=config.task_options, num_examples=config.sft_examples,
             epochs=config.sft_epochs, learning_rate=config.sft_learning_rate, eval_limit=config.eval_limit,
@@ -80,7 +90,7 @@ class VerifierRecipe(StagedRecipe):
 
     def _train_verifier(self) -> None:
         config = self.config
-        self.context.say(f"stage 2/3: verifier from {config.samples_per_problem} samples x {config.num_problems} problems")
+        self.announce(f"outcome verifier from {config.samples_per_problem} samples x {config.num_problems} problems")
         verifier = run_stage(self.context, "verifier", train_reward_model, RewardModelConfig(
             kind="orm", model=self.state["generator"], task=config.task, task_options=config.task_options,
             num_problems=config.num_problems, samples_per_problem=config.samples_per_problem,
@@ -92,17 +102,35 @@ class VerifierRecipe(StagedRecipe):
         self.state["verifier"] = str(verifier.run_dir / "final")
         self.state["verifier_validation"] = verifier.after
 
+    def _train_process_verifier(self) -> None:
+        config = self.config
+        solutions = Path(self.state["verifier"]).parent / "solutions.jsonl"
+        self.announce(f"process verifier on the same solutions ({solutions})")
+        verifier = run_stage(self.context, "process-verifier", train_reward_model, RewardModelConfig(
+            kind="prm", model=self.state["generator"], task=config.task, task_options=config.task_options,
+            data=str(solutions), epochs=config.verifier_epochs, learning_rate=config.verifier_learning_rate,
+            lm_loss_weight=config.lm_loss_weight, **shared_settings(config, self.context, "process-verifier"),
+        ))
+        self.state["process_verifier"] = str(verifier.run_dir / "final")
+        self.state["process_verifier_validation"] = verifier.after
+
     def _rerank(self) -> None:
         config = self.config
-        self.context.say(f"stage 3/3: {config.eval_samples} samples on each of {config.eval_limit} held-out problems, "
+        self.announce(f"{config.eval_samples} samples on each of {config.eval_limit} held-out problems, "
                          "reranked")
         model, tokenizer = load(self.state["generator"])
-        selectors = [Selector("best", "orm"), Selector("weighted", "orm"), Selector("top", "orm", k=3)]
+        verifiers = {"orm": load_verifier(self.state["verifier"])}
+        if self.state["process_verifier"] is not None:
+            verifiers["prm"] = load_verifier(self.state["process_verifier"])
+        selectors = [Selector(method, name, k=3 if method == "top" else 0)
+                     for name in verifiers for method in ("best", "weighted", "top")]
         settings = EvalSettings(samples=config.eval_samples, temperature=config.temperature,
                                 max_new_tokens=config.max_completion_length, seed=config.seed)
         examples = self.task.examples("test", config.eval_limit)
         report = evaluate(model, tokenizer, self.task, examples, settings,
-                          verifiers={"orm": load_verifier(self.state["verifier"])}, selectors=selectors)
+                          verifiers=verifiers, selectors=selectors)
         report.write(self.context.run_dir / "eval", {"generator": self.state["generator"],
-                                                     "verifier": self.state["verifier"], **settings.model_dump()})
+                                                     "verifier": self.state["verifier"],
+                                                     "process_verifier": self.state["process_verifier"],
+                                                     **settings.model_dump()})
         self.state["metrics"], self.state["sweep"] = report.metrics, report.sweep
