@@ -206,9 +206,36 @@ def report_command(
     console.print(f"wrote {path} in {time.perf_counter() - started:.1f}s", highlight=False)
 
 
+@app.command("grow")
+def grow_command(
+    output: Annotated[Path, typer.Option(help="directory to write the wider model to (must not exist)")],
+    model: Annotated[str, typer.Option(help="model directory, .gguf file, or built-in name")] = "smollm2-135m",
+    width_factor: Annotated[int, typer.Option(min=1, help="how many times wider: hidden size, MLP size, heads")] = 2,
+    noise: Annotated[float, typer.Option(min=0.0, help="the noisy variant: std of the cancelling noise, relative to "
+                                                      "each layer's weights (0: symmetric)")] = 0.0,
+    seed: Annotated[int, typer.Option(help="seed of the noise")] = 0,
+) -> None:
+    """HyperCloning (Samragh et al. 2024): write a model WIDTH_FACTOR times as wide as MODEL that computes the same
+    function, as a Hugging Face directory (`transformers` loads it), to continue training from."""
+    from incentivize.checkpoint import save_model
+    from incentivize.models import load
+    from incentivize.models.hyperclone import hyperclone
+
+    if output.exists():
+        raise IncentivizeError(f"--output {output} already exists; give a new directory")
+    started = time.perf_counter()
+    small, tokenizer = load(model)
+    wide = hyperclone(small, width_factor, noise, seed)
+    save_model(output, wide, tokenizer)
+    count = sum(p.numel() for p in wide.parameters())
+    console.print(f"wrote {output}: {count / 1e6:.0f}M parameters, hidden size {wide.config.hidden_size}, "
+                  f"{wide.config.num_attention_heads} heads ({time.perf_counter() - started:.1f}s)", highlight=False)
+
+
 @app.command("train")
 def train_command(
-    algorithm: Annotated[str, typer.Argument(help="grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo; "
+    algorithm: Annotated[str, typer.Argument(help="grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo, "
+                                                  "latro (LaTRO: rationales rewarded by the gold answer's likelihood); "
                                                   "orm, prm, rm (reward models); sft; dpo, simpo, kto (preferences); "
                                                   "verifier (Cobbe et al.'s recipe); rlaif-vs-sft; score (SCoRe)")] = "grpo",
     config: Annotated[Optional[Path], typer.Option(help="YAML file of config keys")] = None,
@@ -218,7 +245,12 @@ def train_command(
     output_dir: Annotated[Optional[str], typer.Option(help="run directory (default runs/<algorithm>-<task>-<time>)")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue this run directory from its newest checkpoint")] = None,
     data: Annotated[Optional[str], typer.Option(help="shortcut for --set data=... (rm, dpo, simpo: pairs JSONL; kto: "
-                                                     "labelled answers; prm: PRM800K JSONL)")] = None,
+                                                     "labelled answers; prm: PRM800K JSONL); RL: the task's file "
+                                                     "(--set task_options.data=...)")] = None,
+    prompt_field: Annotated[Optional[str], typer.Option(help="RL on --task jsonl: the field holding the question "
+                                                             "(--set task_options.prompt_field=...)")] = None,
+    answer_field: Annotated[Optional[str], typer.Option(help="RL on --task jsonl: the field holding the gold answer "
+                                                             "(--set task_options.answer_field=...)")] = None,
     pairs: Annotated[Optional[str], typer.Option(help="dpo, simpo: 'self' samples pairs from the policy and the "
                                                       "task's verifier each round (shortcut for --set pairs=self)")] = None,
     sft_teacher: Annotated[Optional[str], typer.Option(help="rlaif-vs-sft: the model whose answers SFT learns from, "
@@ -229,7 +261,7 @@ def train_command(
         help="RL: one more reward (repeatable): path/to/file.py:function, a trained reward model orm:DIR, prm:DIR, rm:DIR, or an AI judge judge:MODEL"
     )] = None,
 ) -> None:
-    """RL training (grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo), SFT, a reward model
+    """RL training (grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, ppo, latro), SFT, a reward model
     (orm, prm, rm), preferences (dpo, simpo, kto) or a recipe (verifier, rlaif-vs-sft); --resume continues any of them. With no arguments: GRPO on
     SmolLM2-135M-Instruct on arithmetic, on CPU."""
     from incentivize.config import (
@@ -238,8 +270,14 @@ def train_command(
     )
 
     rl = algorithm not in (*REWARD_MODEL_KINDS, *PREFERENCE_PRESETS, "sft", "verifier", "rlaif-vs-sft", "score")
-    shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir), ("data", data),
-                                          ("pairs", pairs), ("sft_teacher", sft_teacher), ("critic", critic)) if v]
+    if (prompt_field is not None or answer_field is not None) and not rl:
+        raise IncentivizeError(f"--prompt-field and --answer-field are for RL on --task jsonl; train {algorithm} takes "
+                               "neither (set task_options in its config)")
+    shortcuts = [f"{k}={v}" for k, v in (("model", model), ("task", task), ("output_dir", output_dir),
+                                          ("task_options.data" if rl else "data", data), ("pairs", pairs),
+                                          ("sft_teacher", sft_teacher), ("critic", critic),
+                                          ("task_options.prompt_field", prompt_field),
+                                          ("task_options.answer_field", answer_field)) if v]
     if resume is not None:
         if config is not None or shortcuts or set_ or reward:
             raise IncentivizeError(
@@ -254,9 +292,9 @@ def train_command(
         raise IncentivizeError(f"--sft-teacher and --critic are for train rlaif-vs-sft; train {algorithm} takes neither")
     if pairs is not None and algorithm not in PREFERENCE_PRESETS:
         raise IncentivizeError(f"--pairs is for train dpo|simpo; train {algorithm} takes none")
-    if data is not None and algorithm not in (*REWARD_MODEL_KINDS, *PREFERENCE_PRESETS):
-        raise IncentivizeError(f"--data is for train orm|prm|rm; for {'RL' if rl else algorithm} give the task's data "
-                               "with --set task_options.data=FILE")
+    if data is not None and not rl and algorithm not in (*REWARD_MODEL_KINDS, *PREFERENCE_PRESETS):
+        raise IncentivizeError(f"--data is for RL and train orm|prm|rm|dpo|simpo|kto; for {algorithm} give the task's "
+                               "data with --set task_options.data=FILE")
     overrides = shortcuts + list(set_ or [])
     settings: Any
     if rl:

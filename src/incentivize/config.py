@@ -21,7 +21,7 @@ from incentivize.trackers import ReportToList
 
 Settings = TypeVar("Settings", bound=BaseModel)
 LinearKernelName = Literal["auto", "onednn", "torch"]  # the linear layers' kernel (incentivize.models.speed)
-Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
+Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo", "latro"]
 
 
 class LifecycleSettings(BaseModel):
@@ -101,6 +101,8 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
 
     # where the samples are drawn changes nothing about them (each prompt has its own seed)
     RESUMABLE = LifecycleSettings.RESUMABLE | {"num_rollout_workers", "num_learners", "ray_address"}
+    # other names a key may be given by (in a YAML file or --set), as the methods' papers call it
+    ALIASES: ClassVar[dict[str, str]] = {"num_rationales": "num_generations", "max_rationale_tokens": "max_completion_length"}
 
     # what to train, on what
     algorithm: Algorithm = "grpo"
@@ -141,10 +143,24 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
     train_first_turn: bool = Field(default=True, description="policy gradient on the first turn's tokens too (SCoRe's "
                                    "stage I: false, the first attempt held near the base model by the KL alone)")
 
+    # LaTRO (incentivize.algorithms.latro): rationales rewarded by the policy's own likelihood of the gold answer
+    self_reward: Literal["none", "sum", "mean"] = Field(
+        default="none", description="LaTRO: each completion is a rationale, sampled up to answer_marker; the gold "
+        "answer is appended and the rationale's reward is the policy's log-likelihood of it, summed or averaged over "
+        "the answer's tokens (no verifier); none: the task's verifier and rewards")
+    answer_marker: str = Field(default="Answer:", min_length=1, description="LaTRO: the text that ends a rationale; "
+                               "the gold answer follows it (the tasks' answer line is `Answer: <answer>`)")
+    answer_loss_weight: float = Field(default=1.0, ge=0.0, description="LaTRO: weight of -log pi(gold answer | "
+                                      "question, rationale) in the loss (the paper's formula: 1; its code: 0)")
+    truncated_penalty: float = Field(default=2.0, ge=0.0, description="LaTRO: a rationale cut at "
+                                     "max_completion_length before the marker gets this times the mean self-reward")
+
     # sampling
-    num_generations: int = Field(default=8, ge=1, description="completions per prompt (the group size G)")
+    num_generations: int = Field(default=8, ge=1, description="completions per prompt (the group size G; LaTRO's K, "
+                                 "also named num_rationales)")
     generation_batch_size: int = Field(default=32, ge=1, description="completions per step; a multiple of num_generations")
-    max_completion_length: int = Field(default=64, ge=1)
+    max_completion_length: int = Field(default=64, ge=1, description="tokens per completion (LaTRO: per rationale, also "
+                                       "named max_rationale_tokens)")
     temperature: float = Field(default=0.7, gt=0.0, description="sampling temperature; log-probs use the same")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
@@ -210,6 +226,14 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
     eval_limit: int = Field(default=100, ge=1, description="held-out problems per evaluation")
     @model_validator(mode="after")
     def _consistent(self) -> RLConfig:
+        if self.self_reward != "none":
+            if self.num_generations < 2:
+                raise ValueError("LaTRO's baseline is the mean reward of the other rationales of a question: "
+                                 "num_rationales (num_generations) must be at least 2")
+            if (self.environment != "none" or self.num_rollout_workers or self.rewards or self.format_reward
+                    or self.advantage not in ("rloo", "grpo", "dr_grpo")):
+                raise ValueError("self_reward rewards a rationale by the likelihood of the gold answer alone: drop "
+                                 "environment, num_rollout_workers, rewards and format_reward, and use advantage rloo")
         if self.generation_batch_size % self.num_generations:
             raise ValueError(
                 f"generation_batch_size ({self.generation_batch_size}) must be a multiple of num_generations "
@@ -274,6 +298,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "kl_estimator": "k1", "num_generations": 1},
     "reinforce_pp_baseline": {"advantage": "reinforce_pp_baseline", "loss_type": "dapo", "beta": 0.01,
                               "kl_in": "reward", "kl_estimator": "k1"},
+    "latro": {"advantage": "rloo", "loss_type": "grpo", "beta": 0.05, "kl_in": "reward", "kl_estimator": "k1",
+              "ratio_level": "sequence", "self_reward": "sum", "temperature": 1.0},
     "ppo": {"advantage": "gae", "loss_type": "dapo", "beta": 0.05, "kl_in": "reward", "kl_estimator": "k1",
             "num_generations": 1, "critic_warmup_steps": 2},
 }
@@ -433,6 +459,13 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
 def _validate(values: dict[str, Any], source: str, origins: dict[str, Path | str], schema: Any = None) -> Any:
     """An RLConfig, or an error that names where the bad key was set (`file.yaml:LINE`, `--set k=v`)."""
     schema = schema or RLConfig
+    for alias, name in getattr(schema, "ALIASES", {}).items():
+        if alias in values:
+            if name in values:
+                raise IncentivizeError(f"{_where(alias, source, origins)}: {alias} is another name of {name}, "
+                                       "which is set too; give one of them")
+            values[name] = values.pop(alias)
+            origins[name] = origins.get(alias, source)
     unknown = [str(k) for k in values if k not in schema.model_fields]
     if unknown:
         where = _where(unknown[0], source, origins)
@@ -554,8 +587,8 @@ class SFTConfig(SupervisedSettings):
 class VerifierRecipeConfig(RunSettings):
     """`incentivize train verifier`: Cobbe et al.'s recipe end to end on a task with reference
     solutions: SFT the generator, sample solutions per training problem and train an outcome
-    verifier on them (initialised from the generator, jointly with the LM loss), then sample
-    `eval_samples` per held-out problem and rerank. Defaults are the paper's scaled to a CPU. Each stage
+    verifier on them (initialised from the generator, jointly with the LM loss) and, where the task labels steps,
+    a process verifier on the same solutions, then sample `eval_samples` per held-out problem and rerank. Defaults are the paper's scaled to a CPU. Each stage
     is a run of its own in a subdirectory; `save_steps` is theirs."""
 
     algorithm: Literal["verifier"] = "verifier"
@@ -570,6 +603,8 @@ class VerifierRecipeConfig(RunSettings):
     verifier_learning_rate: float = Field(default=1e-5, gt=0.0)
     lm_loss_weight: float = Field(default=1.0, ge=0.0)
     target: Literal["token", "final"] = "token"
+    process_verifier: bool = Field(default=True, description="also train a PRM (initialised from the generator) on "
+                                   "the same solutions, step-labelled by the task, and rerank with it too")
     eval_samples: int = Field(default=16, ge=1, description="completions per held-out problem to rerank")
     eval_limit: int = Field(default=100, ge=1)
 

@@ -1,8 +1,10 @@
 """Decide whether a predicted answer equals the gold one.
 
 Numbers (the common case, and the one on the training hot path) are compared exactly
-with :class:`fractions.Fraction`, without touching SymPy. Everything else goes to
-math-verify, which parses LaTeX and plain expressions into SymPy and compares them.
+with :class:`fractions.Fraction`, without touching SymPy. A gold answer in words (a word of
+three letters or more that is not a math function, and no LaTeX) is free text: it matches when
+both are equal after :func:`normalize_text`. Everything else goes to math-verify, which parses
+LaTeX and plain expressions into SymPy and compares them.
 
 Time limit. SymPy can take unbounded time on adversarial input, and math-verify's own
 timeout uses ``signal.alarm``: whole seconds, per expression rather than per call, and
@@ -21,7 +23,7 @@ from fractions import Fraction
 from incentivize.rewards.extract import normalize_number
 from incentivize.timelimit import TimedOut, call_with_time_limit
 
-__all__ = ["answers_match"]
+__all__ = ["answers_match", "normalize_text"]
 
 _SIMPLE_FRACTION = re.compile(r"\s*(?P<num>[-+]?\d+)\s*/\s*(?P<den>\d+)\s*")
 _LATEX_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed")
@@ -95,6 +97,26 @@ def _symbolic_match(predicted: str, gold: str) -> bool:
     return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=None))
 
 
+_WORD = re.compile(r"[A-Za-z]{3,}")
+_MATH_WORDS = frozenset({"sqrt", "sin", "cos", "tan", "log", "exp", "frac", "infty", "inf", "cdot", "times"})
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+_PUNCTUATION = re.compile(r"[^\w\s]")
+
+
+def normalize_text(answer: str) -> str:
+    """A free-text answer as compared: lower case, punctuation and the articles a/an/the dropped, spaces collapsed.
+
+    >>> normalize_text("  The  Thursday. "), normalize_text("New-York!")
+    ('thursday', 'new york')
+    """
+    text = _PUNCTUATION.sub(" ", answer.lower())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _is_text(gold: str) -> bool:
+    return "\\" not in gold and any(word.lower() not in _MATH_WORDS for word in _WORD.findall(gold))
+
+
 def answers_match(predicted: str | None, gold: str, *, timeout_s: float = 5.0) -> bool:
     """Whether ``predicted`` denotes the same value as ``gold``; never raises on any answer.
 
@@ -106,6 +128,8 @@ def answers_match(predicted: str | None, gold: str, *, timeout_s: float = 5.0) -
     (True, False, False)
     >>> answers_match("8 * 7 * 9", "504"), answers_match("56/7", "8")  # calculations are not answers
     (False, False)
+    >>> answers_match("thursday.", "Thursday"), answers_match("Friday", "Thursday")  # free text
+    (True, False)
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -118,6 +142,8 @@ def answers_match(predicted: str | None, gold: str, *, timeout_s: float = 5.0) -
         # that loophole within a few steps.
         predicted_number = _as_number_literal(predicted)
         return predicted_number is not None and predicted_number == gold_number
+    if _is_text(gold):
+        return normalize_text(predicted) == normalize_text(gold)
 
     def work() -> bool:
         try:

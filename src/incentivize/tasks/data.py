@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -48,3 +49,26 @@ def field_text(path: Path, number: int, row: dict[str, Any], name: str, option: 
     if isinstance(value, (dict, list)) or value is None:
         raise IncentivizeError(f"{path}:{number}: field {name!r} must be text or a number, got {type(value).__name__}")
     return str(value)
+
+
+def in_split(text: str, split: str, holdout: float) -> bool:
+    """Whether a file task's row with question `text` belongs to `split` when a share `holdout` of the questions (by
+    a hash of their text, so the split does not depend on the file's order) is held out as the test split. With
+    `holdout` 0 both splits are the whole file.
+
+    >>> in_split("What is 2 + 2?", "train", 0.0) and in_split("What is 2 + 2?", "test", 0.0)
+    True
+    >>> [in_split(f"q{i}", "test", 0.25) for i in range(200)].count(True)  # about a quarter
+    55
+    """
+    if holdout <= 0:
+        return True
+    held_out = int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF < holdout
+    return held_out == (split == "test")
+
+
+def check_holdout(holdout: float) -> float:
+    """A task's `holdout` option, checked."""
+    if not 0.0 <= holdout < 1.0:
+        raise IncentivizeError(f"task option holdout must be a share in [0, 1), got {holdout}")
+    return float(holdout)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from incentivize.errors import IncentivizeError
 from incentivize.tasks.base import ANSWER_INSTRUCTION, Example, Task
-from incentivize.tasks.data import field_text, read_jsonl
+from incentivize.tasks.data import check_holdout, field_text, in_split, read_jsonl
 
 INSTRUCTION = "Solve the problem step by step. " + ANSWER_INSTRUCTION
 
@@ -23,30 +23,30 @@ def gold_answer(answer_text: str) -> str:
 class GSM8K(Task):
     name = "gsm8k"
 
-    def __init__(self, data: str | None = None) -> None:
+    def __init__(self, data: str | None = None, holdout: float = 0.0) -> None:
         if data is None:
             raise IncentivizeError(
                 "the gsm8k task needs --data: a JSONL file in the OpenAI format "
                 "(e.g. ../shared/data/gsm8k/train.jsonl) or a `datasets` name such as openai/gsm8k"
             )
         self.data = data
+        self.holdout = check_holdout(holdout)
 
     def examples(self, split: str = "test", limit: int | None = None) -> list[Example]:
         path = Path(self.data)
         rows = _rows_from_file(path) if path.suffix == ".jsonl" or path.exists() else _rows_from_hub(self.data, split)
-        out = []
-        for number, row in rows[:limit] if limit is not None else rows:
+        out: list[Example] = []
+        for number, row in rows:
+            if limit is not None and len(out) >= limit:
+                break
+            question = field_text(path, number, row, "question", "a GSM8K row needs 'question' and 'answer'")
+            if not in_split(question, split, self.holdout):
+                continue
             answer_text = field_text(path, number, row, "answer", "a GSM8K row needs 'question' and 'answer'")
             if "####" not in answer_text:
                 raise IncentivizeError(f"{path}:{number}: 'answer' has no '#### N' final answer")
-            out.append(
-                Example(
-                    id=f"gsm8k-{number}",
-                    question=field_text(path, number, row, "question", "a GSM8K row needs 'question' and 'answer'"),
-                    answer=gold_answer(answer_text),
-                    solution=answer_text,
-                )
-            )
+            out.append(Example(id=f"gsm8k-{number}", question=question, answer=gold_answer(answer_text),
+                               solution=answer_text))
         return out
 
     def user_message(self, example: Example) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from incentivize.errors import IncentivizeError
 from incentivize.tasks.base import ANSWER_INSTRUCTION, Example, Task
-from incentivize.tasks.data import field_text, read_jsonl
+from incentivize.tasks.data import check_holdout, field_text, in_split, read_jsonl
 from incentivize.tasks.gsm8k import gold_answer
 
 
@@ -21,18 +21,24 @@ class JsonlTask(Task):
         prompt_field: str = "prompt",
         answer_field: str = "answer",
         instruction: str = ANSWER_INSTRUCTION,
+        holdout: float = 0.0,
     ) -> None:
         if data is None:
             raise IncentivizeError("the jsonl task needs --data pointing at a JSONL file")
         self.path = Path(data)
         self.prompt_field, self.answer_field, self.instruction = prompt_field, answer_field, instruction
+        self.holdout = check_holdout(holdout)
 
     def examples(self, split: str = "test", limit: int | None = None) -> list[Example]:
         rows = read_jsonl(self.path)
-        out = []
-        for number, row in rows[:limit] if limit is not None else rows:
+        out: list[Example] = []
+        for number, row in rows:
+            if limit is not None and len(out) >= limit:
+                break
             prompt = field_text(self.path, number, row, self.prompt_field,
                                 "--prompt-field (train: task_options.prompt_field)")
+            if not in_split(prompt, split, self.holdout):
+                continue
             answer = field_text(self.path, number, row, self.answer_field,
                                 "--answer-field (train: task_options.answer_field)")
             if not answer.strip():

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 
 from incentivize.algorithms.advantages import append_outcome_step
+from incentivize.algorithms.latro import penalize_truncated, self_rewards
 from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError
 from incentivize.rewards import load_reward_function
@@ -21,6 +22,7 @@ from incentivize.rollout.engine import prompt_seeds
 from incentivize.rollout.episodes import episode_seeds, run_episodes
 from incentivize.tasks.environments import episode_rewards, make_environment
 from incentivize.tasks import Example, Task, render_prompt
+from incentivize.trainers.rationales import sample_rationales
 from incentivize.trainers.sampler import PromptSampler
 from incentivize.rewards.scoring import Scorer, Scores
 
@@ -36,6 +38,8 @@ class StepData:
     step_scores:  (B, S) a PRM's step rewards, NaN past a row's steps (advantage grpo_process only)
     step_ends:    (B, S) the completion-token index where each step ends
     turn_spans:   multi-turn episodes: per row, the (start, end) completion tokens of each model turn
+    answer_mask:  LaTRO: (B, T) 1 on the gold answer's tokens after each rationale (trained by likelihood, not by
+                  the policy gradient)
     zero_variance_share: share of the groups first sampled this step whose rewards were all equal
     rounds:       generation rounds it took (dynamic sampling draws again for groups without signal)
     """
@@ -47,6 +51,7 @@ class StepData:
     step_scores: torch.Tensor | None = None
     step_ends: torch.Tensor | None = None
     turn_spans: list[list[tuple[int, int]]] | None = None
+    answer_mask: torch.Tensor | None = None
     zero_variance_share: float = 0.0
     rounds: int = 1
     generate_seconds: float = 0.0
@@ -54,9 +59,12 @@ class StepData:
 
     def select(self, rows: Sequence[int]) -> StepData:
         """These rows, in this order (the step's totals stay as they are)."""
-        return replace(self, rollouts=self.rollouts.select(rows), examples=[self.examples[r] for r in rows],
+        rollouts = self.rollouts.select(rows)
+        return replace(self, rollouts=rollouts, examples=[self.examples[r] for r in rows],
                        texts=[self.texts[r] for r in rows], scores=self.scores.select(rows),
-                       turn_spans=None if self.turn_spans is None else [self.turn_spans[r] for r in rows])
+                       turn_spans=None if self.turn_spans is None else [self.turn_spans[r] for r in rows],
+                       answer_mask=None if self.answer_mask is None
+                       else self.answer_mask[list(rows), : rollouts.completion_ids.shape[1]])
 
     @staticmethod
     def concat(parts: Sequence[StepData]) -> StepData:
@@ -64,12 +72,19 @@ class StepData:
         return StepData(Rollouts.concat([p.rollouts for p in parts]), [e for p in parts for e in p.examples],
                         [t for p in parts for t in p.texts], Scores.concat([p.scores for p in parts]),
                         turn_spans=None if parts[0].turn_spans is None else [s for p in parts for s in p.turn_spans or []],
+                        answer_mask=None if parts[0].answer_mask is None else _padded_cat(
+                            [p.answer_mask for p in parts if p.answer_mask is not None]),
                         zero_variance_share=parts[0].zero_variance_share, rounds=len(parts),
                         generate_seconds=sum(p.generate_seconds for p in parts),
                         score_seconds=sum(p.score_seconds for p in parts))
 
     def __len__(self) -> int:
         return len(self.examples)
+
+
+def _padded_cat(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    width = max(m.shape[1] for m in masks)
+    return torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks])
 
 
 def build_scorer(config: RLConfig, task: Task) -> Scorer:
@@ -144,6 +159,37 @@ class EpisodeRollouts:
                         generate_seconds=generated - started, score_seconds=time.perf_counter() - generated)
 
 
+class RationaleRollouts:
+    """LaTRO's samples in this process (`trainers/rationales.py`): `params.n` rationales per problem, each rewarded by
+    the policy's log-likelihood of the gold answer after it (`config.self_reward`), a rationale cut at the length
+    limit by `truncated_penalty` times the step's mean. A row counts as correct when every gold answer token has
+    probability above 1/2 after it: greedy decoding would write the gold answer."""
+
+    def __init__(self, config: RLConfig, policy: Any, tokenizer: Any, task: Task, examples: list[Example],
+                 prompt_cache: dict[int, list[int]]) -> None:
+        self.config, self.policy, self.tokenizer, self.task, self.examples = config, policy, tokenizer, task, examples
+        self.prompt_cache = prompt_cache
+
+    def sample(self, indices: list[int], seeds: list[int], params: SamplingParams) -> StepData:
+        config, n = self.config, params.n
+        for i in indices:
+            if i not in self.prompt_cache:
+                self.prompt_cache[i] = render_prompt(self.tokenizer, self.task.messages(self.examples[i]))
+        started = time.perf_counter()
+        rationales = sample_rationales(self.policy, self.tokenizer, [self.prompt_cache[i] for i in indices],
+                                       [self.examples[i].answer for i in indices], params, config.answer_marker,
+                                       seeds, config.micro_batch_size)
+        generated = time.perf_counter()
+        answer_logps, mask = rationales.answer_logprobs(), rationales.answer_mask
+        own = self_rewards(answer_logps, mask, "mean" if config.self_reward == "mean" else "sum")
+        rewards = penalize_truncated(own, rationales.truncated, config.truncated_penalty)
+        likely = ((answer_logps > math.log(0.5)) | (mask == 0)).all(dim=1)
+        scores = Scores(rewards.float(), likely, {"self_reward": [float(v) for v in own.tolist()]})
+        rows = [self.examples[i] for i in indices for _ in range(n)]
+        return StepData(rationales.rollouts, rows, rationales.texts, scores, answer_mask=mask,
+                        generate_seconds=generated - started, score_seconds=time.perf_counter() - generated)
+
+
 class RolloutSource(Protocol):
     """Where a step's groups come from: `LocalRollouts`, or rollout workers (`incentivize.distributed`)."""
 
@@ -161,6 +207,8 @@ def collect(config: RLConfig, models: Any, task: Task, examples: list[Example], 
     tokenizer, group = models.tokenizer, config.num_generations
     if source is None and config.environment != "none":
         source = EpisodeRollouts(config, models.policy, tokenizer, task, examples)
+    if source is None and config.self_reward != "none":
+        source = RationaleRollouts(config, models.policy, tokenizer, task, examples, prompt_cache)
     if source is None:
         source = LocalRollouts(models.policy, tokenizer, task, examples, scorer, prompt_cache)
     parts: list[StepData] = []

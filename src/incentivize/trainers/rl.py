@@ -33,6 +33,7 @@ import torch
 from incentivize.algorithms.advantages import AdvantageInputs, compute_advantages
 from incentivize.algorithms.aggregate import AGGREGATIONS, global_normalizer, loss_type_to_aggregation
 from incentivize.algorithms.kl import KL_ESTIMATORS, k3
+from incentivize.algorithms.latro import answer_nll, self_rewards
 from incentivize.algorithms.policy_loss import ppo_clip_loss, value_loss
 from incentivize.checkpoint import save_model
 from incentivize.config import RLConfig
@@ -44,13 +45,14 @@ from incentivize.models.speed import describe_paths
 from incentivize.rewards import reward_name
 from incentivize.rollout import SamplingParams
 from incentivize.rollout.episodes import run_episodes, turn_numbers, turn_separator
-from incentivize.tasks import Example, Task, chat_template_warning, load_task, reward_columns
+from incentivize.tasks import Example, Task, chat_template_warning, load_task, render_prompt, reward_columns
 from incentivize.tasks.environments import make_environment
 from incentivize.trainers.collect import StepData, build_scorer, rollout_metrics, sample_rows, varies
 from incentivize.trainers.collect import collect as _collect
 from incentivize.trainers.flat_state import FlatGradients, flatten_adam_state
 from incentivize.trainers.loop import clipped_step
 from incentivize.trainers.policy import Batch, Models, SharedPrompts, build_models, token_logprobs, token_values
+from incentivize.trainers.rationales import sample_rationales
 from incentivize.trainers.run import RunContext, RunResult, StepOutput, Trainer, run
 from incentivize.trainers.sampler import PromptSampler
 from incentivize.trainers.shard import Shard
@@ -103,6 +105,7 @@ class RLTrainer(Trainer):
 
             self.learners = LearnerGroup(config, self.learner, self.models.speed_paths["linear"], self.say)
         self.monitor = SophistryMonitor(config.hacking_patience) if config.monitor == "oracle" else None
+        self.warned_truncation = False
         self.total_steps = config.max_steps
 
     def step(self, step: int) -> StepOutput:
@@ -130,6 +133,11 @@ class RLTrainer(Trainer):
             metrics |= watched
             if alarm and config.on_hacking == "warn":
                 self.say(f"warning: step {step}: {alarm}")
+        if config.self_reward != "none" and metrics["truncated_share"] >= 0.25 and not self.warned_truncation:
+            self.warned_truncation = True
+            self.say(f"warning: step {step}: {metrics['truncated_share']:.0%} of the rationales reached "
+                     f"max_completion_length ({config.max_completion_length}) before {config.answer_marker!r}; they get "
+                     f"truncated_penalty x the mean self-reward: raise max_rationale_tokens")
         nonfinite = True if learner.skipped_updates > skipped else (False if learner.updates > updates else None)
         stop = f"{alarm} (on_hacking: stop)" if alarm and config.on_hacking == "stop" else None
         return StepOutput(metrics, sample_rows(data), nonfinite, no_signal=_no_signal(config, data, metrics), stop=stop)
@@ -158,6 +166,8 @@ class RLTrainer(Trainer):
             report.metrics |= self._proxies_on(report.records)
         if config.environment != "none":
             report.metrics |= self._episodes_on_held_out()
+        if config.self_reward != "none":
+            report.metrics |= self._gold_answer_likelihood()
         report.write(directory, {"model": config.model, "step": label, **settings.model_dump()})
         return report.metrics
 
@@ -177,6 +187,20 @@ class RLTrainer(Trainer):
         right = [self.task.verify(e, t[-1] if t else "").correct for e, t in zip(self.eval_examples, result.texts)]
         return {"episodes/accuracy": sum(right) / len(right),
                 "episodes/turns": sum(len(t) for t in result.texts) / len(result.texts)}
+
+    def _gold_answer_likelihood(self) -> dict[str, float]:
+        """LaTRO's objective on the held-out problems, for tasks without a verifier too: the greedy rationale up to
+        the answer marker, then log pi(gold answer | question, rationale), summed over the answer's tokens
+        (`latro/gold_logprob`) and per token (`latro/gold_logprob_per_token`)."""
+        config, models = self.config, self.models
+        prompts = [render_prompt(models.tokenizer, self.task.messages(e)) for e in self.eval_examples]
+        params = SamplingParams(temperature=0.0, max_new_tokens=config.max_completion_length)
+        rationales = sample_rationales(models.policy, models.tokenizer, prompts, [e.answer for e in self.eval_examples],
+                                       params, config.answer_marker, micro_batch_size=config.micro_batch_size)
+        logps, mask = rationales.answer_logprobs(), rationales.answer_mask
+        return {"latro/gold_logprob": float(self_rewards(logps, mask, "sum").mean()),
+                "latro/gold_logprob_per_token": float(self_rewards(logps, mask, "mean").mean()),
+                "latro/truncated_share": float(rationales.truncated.float().mean())}
 
     def _proxies_on(self, records: list[Any]) -> dict[str, float]:
         """`monitor/<proxy>/...` of each learned or judged reward on held-out completions (the greedy ones)."""
@@ -282,6 +306,10 @@ class Learner:
         batch = Batch.from_rollouts(rollouts)
         valid = ~torch.isnan(data.scores.rewards)  # (B,)
         mask = rollouts.completion_mask.float() * valid[:, None]  # (B, T)
+        answer_mask = None  # LaTRO: the gold answer's tokens, trained by likelihood; the policy gradient on the rest
+        if data.answer_mask is not None:
+            answer_mask = mask * data.answer_mask.float()
+            mask = mask - answer_mask
         old_logp = rollouts.logprobs  # sampled by the current weights: the behaviour policy
         # this process's rows (all of them unless learners share the batch), in micro-batches
         chunks = _chunks(self.shard.rows(len(rollouts), config.num_generations), config.micro_batch_size)
@@ -322,7 +350,8 @@ class Learner:
         if ref_logp is not None:
             stats["kl"] = _masked_mean(k3(old_logp, ref_logp), mask)
         if train_actor and float(mask.sum()) > 0:
-            stats |= self._update_actor(batch, chunks, mask, old_logp, ref_logp, actor_advantages, normalizer, kl_coef)
+            stats |= self._update_actor(batch, chunks, mask, old_logp, ref_logp, actor_advantages, normalizer, kl_coef,
+                                        answer_mask)
             self.scheduler.step()
         if models.critic is not None and advantages.returns is not None and old_values is not None:
             stats |= self._update_critic(batch, chunks, mask, old_values, advantages.returns)
@@ -339,8 +368,10 @@ class Learner:
 
     def _update_actor(self, batch: Batch, chunks: list[slice], mask: torch.Tensor, old_logp: torch.Tensor,
                       ref_logp: torch.Tensor | None, advantages: torch.Tensor, normalizer: Any,
-                      kl_coef: float | torch.Tensor) -> dict[str, float]:
-        """`num_iterations` clipped updates of the policy; `kl_coef` is beta, or (B, T) per token."""
+                      kl_coef: float | torch.Tensor, answer_mask: torch.Tensor | None = None) -> dict[str, float]:
+        """`num_iterations` clipped updates of the policy; `kl_coef` is beta, or (B, T) per token. With `answer_mask`
+        (LaTRO), the loss adds `answer_loss_weight` times -log pi(gold answer | question, rationale), summed over
+        the answer's tokens and averaged over the batch's rows (Proposition 2's second term)."""
         config = self.config
         aggregate = AGGREGATIONS.get(self.aggregation)
         kl_estimator = KL_ESTIMATORS.get(config.kl_estimator)
@@ -365,6 +396,11 @@ class Learner:
                     coef = kl_coef[c] if isinstance(kl_coef, torch.Tensor) else kl_coef
                     per_token = per_token + coef * kl_estimator(logp, ref_logp[c])
                 loss = aggregate(per_token, mask[c], normalizer)
+                if answer_mask is not None:
+                    nll = answer_nll(logp, answer_mask[c]).sum() / len(batch.rollouts)
+                    loss = loss + config.answer_loss_weight * nll
+                    if iteration == 0:
+                        totals["answer_nll"] = totals.get("answer_nll", 0.0) + float(nll.detach())
                 backward_started = time.perf_counter()
                 loss.backward()
                 if prompts is not None:
