@@ -280,3 +280,41 @@ def test_turn_settings_need_an_environment_and_a_reference():
         load_config("grpo", None, ["train_first_turn=false"])
     with pytest.raises(IncentivizeError, match="set beta > 0"):
         load_config("grpo", None, ["environment=self_correction", "first_turn_beta=0.1"])
+
+
+def test_per_turn_rewards_credit_each_turn_with_its_own_and_the_later_rewards(tmp_path, monkeypatch):
+    from incentivize.config import load_config
+    from incentivize.trainers import collect as collect_module
+    from incentivize.trainers import rl
+
+    original = collect_module.run_episodes
+
+    def patterned(*args, **kwargs):  # turn rewards by row: (r1, r2) = (row % 2, row // 2 % 2)
+        result = original(*args, **kwargs)
+        rows = torch.arange(len(result.turn_rewards)).float()
+        result.turn_rewards = torch.stack([rows % 2, (rows // 2) % 2], dim=1)
+        return result
+
+    captured, seen = [], []
+    original_loss, original_collect = rl.ppo_clip_loss, rl._collect
+    monkeypatch.setattr(collect_module, "run_episodes", patterned)
+    monkeypatch.setattr(rl, "ppo_clip_loss", lambda logp, old, adv, mask, **o: (
+        captured.append(adv.detach().clone()) or original_loss(logp, old, adv, mask, **o)))
+    monkeypatch.setattr(rl, "_collect", lambda *a, **k: seen.append(original_collect(*a, **k)) or seen[-1])
+    config = load_config("grpo", None, [
+        "model=tiny-random", "max_steps=1", "num_generations=4", "generation_batch_size=4", "max_completion_length=5",
+        "eval_limit=2", "micro_batch_size=4", "environment=self_correction", "max_turns=2", "episode_reward=per_turn",
+        "advantage=grpo_process", "eval_before=false", f"output_dir={tmp_path}/run", "report_to=none",
+    ])
+    rl.train(config)
+    data, advantages = seen[0], captured[0]
+    # the group's eight turn rewards (0,0), (1,0), (0,1), (1,1): mean 1/2, Bessel std sqrt(8/7 * 1/4)
+    std = (2 / 7) ** 0.5
+    z = {0.0: -0.5 / (std + 1e-4), 1.0: 0.5 / (std + 1e-4)}
+    turns = rl.turn_numbers(data.turn_spans, advantages.shape[1])
+    for row in range(4):
+        r1, r2 = float(row % 2), float(row // 2 % 2)
+        assert advantages[row][turns[row] == 1].tolist() == pytest.approx([z[r1] + z[r2]] * int((turns[row] == 1).sum()))
+        assert advantages[row][turns[row] == 2].tolist() == pytest.approx([z[r2]] * int((turns[row] == 2).sum()))
+    with pytest.raises(IncentivizeError, match="per_turn credits each turn"):
+        load_config("grpo", None, ["environment=self_correction", "episode_reward=per_turn"])

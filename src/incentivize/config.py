@@ -133,9 +133,10 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
         default="none", description="each sample an episode of turns with this environment: self_correction "
         "(SCoRe's second attempt) or python_tool (a sandboxed Python interpreter); none: one completion")
     max_turns: int = Field(default=2, ge=1, description="model turns per episode, with an environment")
-    episode_reward: Literal["last", "sum", "shaped"] = Field(
-        default="last", description="an episode's reward from its turns' rewards: the last turn's, their sum, or "
-        "SCoRe's stage II r1 + r2 + shaping_alpha * (r2 - r1)")
+    episode_reward: Literal["last", "sum", "shaped", "per_turn"] = Field(
+        default="last", description="an episode's reward from its turns' rewards: the last turn's, their sum, "
+        "SCoRe's stage II r1 + r2 + shaping_alpha * (r2 - r1), or per_turn: each turn's tokens credited with the "
+        "normalised rewards of that turn and the later ones (advantage grpo_process, turns as steps)")
     shaping_alpha: float = Field(default=10.0, ge=0.0, description="episode_reward shaped: the bonus for turning a "
                                  "wrong first attempt into a right second one (SCoRe: 10)")
     first_turn_beta: float | None = Field(default=None, ge=0.0, description="the KL coefficient on the first model "
@@ -239,7 +240,10 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
                 f"generation_batch_size ({self.generation_batch_size}) must be a multiple of num_generations "
                 f"({self.num_generations}), the group size: change one of them so that whole groups fill the batch"
             )
-        if self.advantage == "grpo_process" and not any(spec.startswith("prm:") for spec in self.rewards):
+        per_turn = self.environment != "none" and self.episode_reward == "per_turn"
+        if per_turn != (self.environment != "none" and self.advantage == "grpo_process"):
+            raise ValueError("episode_reward per_turn credits each turn as a step of advantage grpo_process: set both")
+        if self.advantage == "grpo_process" and not per_turn and not any(spec.startswith("prm:") for spec in self.rewards):
             raise ValueError(
                 "advantage 'grpo_process' needs step rewards from a process reward model: add --reward prm:DIR "
                 "(a model written by `incentivize train prm`)"
@@ -252,9 +256,9 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
                 f"num_generations = {self.prompts_per_step}): each learner trains on whole groups"
             )
         if self.environment != "none":
-            if self.num_rollout_workers or self.rewards or self.format_reward or self.advantage == "grpo_process":
+            if self.num_rollout_workers or self.rewards or self.format_reward:
                 raise ValueError(f"environment {self.environment!r}: its turns are rewarded by the environment in "
-                                 "this process; drop num_rollout_workers, rewards, format_reward and grpo_process")
+                                 "this process; drop num_rollout_workers, rewards and format_reward")
             if self.first_turn_beta is not None and (self.beta <= 0 or self.kl_in != "loss"):
                 raise ValueError("first_turn_beta weighs the KL term of the loss per turn: set beta > 0 (the reference "
                                  "model) and kl_in=loss")

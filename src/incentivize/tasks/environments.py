@@ -89,8 +89,9 @@ def make_environment(name: str, task: Task) -> SelfCorrection | PythonTool:
 
 def episode_rewards(turn_rewards: torch.Tensor, how: str, alpha: float = 10.0) -> torch.Tensor:
     """(B,) an episode's reward from its turns' (B, T) rewards, NaN after its last turn or where its
-    environment failed (the episode then has no reward, NaN): the last turn's, their sum, or SCoRe's stage II
-    reward for two attempts, r1 + r2 + alpha * (r2 - r1).
+    environment failed (the episode then has no reward, NaN): the last turn's, their sum (also for `per_turn`,
+    whose turns the learner credits one by one), or SCoRe's stage II reward for two attempts,
+    r1 + r2 + alpha * (r2 - r1).
 
     >>> r = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, float("nan")]])
     >>> episode_rewards(r, "last").tolist(), episode_rewards(r, "sum").tolist()
@@ -103,11 +104,11 @@ def episode_rewards(turn_rewards: torch.Tensor, how: str, alpha: float = 10.0) -
     last = turn_rewards.gather(1, (turns - 1).clamp(min=0)[:, None]).squeeze(1)
     if how == "last":
         reward = last
-    elif how == "sum":
+    elif how in ("sum", "per_turn"):  # per_turn: the sum is the episode's; its turns are credited one by one
         reward = torch.where(taken, turn_rewards, 0.0).sum(dim=1)
     elif how == "shaped":
         first, second = turn_rewards[:, 0], turn_rewards[:, 1]
         reward = first + second + alpha * (second - first)
     else:
-        raise ValueError(f"episode reward must be last, sum or shaped, got {how!r}")
+        raise ValueError(f"episode reward must be last, sum, per_turn or shaped, got {how!r}")
     return torch.where(turns > 0, reward, torch.nan)

@@ -93,7 +93,8 @@ def build_scorer(config: RLConfig, task: Task) -> Scorer:
     return Scorer(
         task, functions, config.reward_weights, config.format_reward,
         config.max_completion_length, config.overlong_buffer, config.overlong_penalty,
-        timeout_s=config.reward_timeout_s, on_error=config.on_reward_error, process=config.advantage == "grpo_process",
+        timeout_s=config.reward_timeout_s, on_error=config.on_reward_error,
+        process=config.advantage == "grpo_process" and config.environment == "none",  # else the turns are the steps
     )
 
 
@@ -152,8 +153,11 @@ class EpisodeRollouts:
         components: dict[str, list[float | None]] = {
             f"turn_{t + 1}": [None if math.isnan(v) else v for v in episodes.turn_rewards[:, t].tolist()]
             for t in range(config.max_turns)}
+        per_turn = None
+        if config.episode_reward == "per_turn":  # the turns as the steps of process supervision
+            per_turn = [[v for v in row if not math.isnan(v)] for row in episodes.turn_rewards.tolist()]
         scores = Scores(rewards.float(), torch.tensor([v.correct for v in verdicts], dtype=torch.bool), components,
-                        errors=[f for f in episodes.faults if f is not None],
+                        errors=[f for f in episodes.faults if f is not None], step_rewards=per_turn,
                         extracted=[v.extracted for v in verdicts])
         return StepData(rollouts, rows, texts, scores, turn_spans=episodes.turn_spans,
                         generate_seconds=generated - started, score_seconds=time.perf_counter() - generated)
@@ -235,7 +239,9 @@ def collect(config: RLConfig, models: Any, task: Task, examples: list[Example], 
             kept_groups += len(rows_kept) // group
     data = StepData.concat(parts)
     data.zero_variance_share, data.rounds = zero_share, rounds
-    if data.scores.step_rewards is not None:
+    if data.scores.step_rewards is not None and data.turn_spans is not None:
+        data.step_scores, data.step_ends = turn_step_tensors(data.turn_spans, data.scores.step_rewards)
+    elif data.scores.step_rewards is not None:
         data.step_scores, data.step_ends = step_tensors(tokenizer, data.rollouts, data.texts, data.scores.step_rewards)
         if config.process_outcome_weight:
             outcome = config.process_outcome_weight * data.scores.correct.float()
@@ -259,6 +265,24 @@ def step_tensors(tokenizer: Any, rollouts: Rollouts, texts: list[str],
         scores[row, :n] = torch.tensor(rewards[:n])
         positions[row, :n] = torch.tensor(row_ends[:n], dtype=torch.long)
     return scores, positions
+
+
+def turn_step_tensors(turn_spans: list[list[tuple[int, int]]],
+                      turn_rewards: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S) the rewards of each episode's turns as steps (NaN = no turn) and each turn's last token.
+
+    >>> scores, ends = turn_step_tensors([[(0, 3), (5, 7)], [(0, 2)]], [[0.0, 1.0], []])
+    >>> scores.tolist()[0], ends.tolist()
+    ([0.0, 1.0], [[2, 6], [-1, -1]])
+    """
+    width = max(1, max(len(spans) for spans in turn_spans))
+    scores = torch.full((len(turn_spans), width), float("nan"))
+    ends = torch.full((len(turn_spans), width), -1, dtype=torch.long)
+    for row, (spans, rewards) in enumerate(zip(turn_spans, turn_rewards)):
+        n = min(len(spans), len(rewards))  # a turn whose environment failed has no reward
+        scores[row, :n] = torch.tensor(rewards[:n])
+        ends[row, :n] = torch.tensor([end - 1 for _, end in spans[:n]], dtype=torch.long)
+    return scores, ends
 
 
 def varies(by_group: torch.Tensor) -> torch.Tensor:
