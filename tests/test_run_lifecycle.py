@@ -100,7 +100,7 @@ def test_the_verifier_recipe_resumes_after_its_finished_stages(tmp_path, recipe_
     generator = (run / "generator" / "final" / "model.safetensors").stat().st_mtime_ns
     resumed = _cli("train", "--resume", run)
     assert resumed.returncode == 0, resumed.stderr
-    assert "stage 1/3" not in resumed.stderr and "stage 2/3" in resumed.stderr
+    assert "stage 1/4" not in resumed.stderr and "stage 2/4" in resumed.stderr  # process verifier: stage 3
     assert (run / "generator" / "final" / "model.safetensors").stat().st_mtime_ns == generator  # not trained again
     summaries = [json.loads((r / "summary.json").read_text()) for r in (run, recipe_reference)]
     assert summaries[0]["metrics"] == summaries[1]["metrics"]
