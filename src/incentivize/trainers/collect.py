@@ -82,6 +82,15 @@ class StepData:
         return len(self.examples)
 
 
+def _prompt_ids(cache: dict[int, list[int]], tokenizer: Any, task: Task, examples: list[Example],
+                indices: list[int]) -> list[list[int]]:
+    """The rendered prompt ids of training problems `indices`, each rendered once per run (kept in `cache`)."""
+    for i in indices:
+        if i not in cache:
+            cache[i] = render_prompt(tokenizer, task.messages(examples[i]))
+    return [cache[i] for i in indices]
+
+
 def _padded_cat(masks: Sequence[torch.Tensor]) -> torch.Tensor:
     width = max(m.shape[1] for m in masks)
     return torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks])
@@ -109,11 +118,9 @@ class LocalRollouts:
     def sample(self, indices: list[int], seeds: list[int], params: SamplingParams) -> StepData:
         """`params.n` completions of training problems `indices`, prompt i sampled with `seeds[i]`, scored."""
         tokenizer, group = self.tokenizer, params.n
-        for i in indices:
-            if i not in self.prompt_cache:
-                self.prompt_cache[i] = render_prompt(tokenizer, self.task.messages(self.examples[i]))
+        prompt_ids = _prompt_ids(self.prompt_cache, tokenizer, self.task, self.examples, indices)
         started = time.perf_counter()
-        rollouts = generate(self.policy, [self.prompt_cache[i] for i in indices], params, seeds=seeds,
+        rollouts = generate(self.policy, prompt_ids, params, seeds=seeds,
                             eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
         generated = time.perf_counter()
         rows = [self.examples[i] for i in indices for _ in range(group)]
@@ -176,11 +183,9 @@ class RationaleRollouts:
 
     def sample(self, indices: list[int], seeds: list[int], params: SamplingParams) -> StepData:
         config, n = self.config, params.n
-        for i in indices:
-            if i not in self.prompt_cache:
-                self.prompt_cache[i] = render_prompt(self.tokenizer, self.task.messages(self.examples[i]))
+        prompts = _prompt_ids(self.prompt_cache, self.tokenizer, self.task, self.examples, indices)
         started = time.perf_counter()
-        rationales = sample_rationales(self.policy, self.tokenizer, [self.prompt_cache[i] for i in indices],
+        rationales = sample_rationales(self.policy, self.tokenizer, prompts,
                                        [self.examples[i].answer for i in indices], params, config.answer_marker,
                                        seeds, config.micro_batch_size)
         generated = time.perf_counter()
