@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from incentivize.algorithms.kl import KL_ESTIMATORS, k1, k2, k3
+from incentivize.algorithms.kl import KL_ESTIMATORS, k1, k2, k3, unbiased_k3
 from incentivize.errors import IncentivizeError
 
 LOGP = torch.tensor([[-1.0, -2.0, -0.5]], dtype=torch.float64)
@@ -74,3 +74,59 @@ def test_expectation_of_k3_and_k1_is_the_exact_kl():
     torch.testing.assert_close((p * k1(p.log(), q.log())).sum(), exact, rtol=1e-12, atol=0)
     # k2 is biased: its expectation is not the KL here
     assert abs((p * k2(p.log(), q.log())).sum().item() - exact.item()) > 0.05
+
+
+# --- unbiased KL: r * k3 (ALGORITHMS.md section 16) -------------------------------------------------
+
+REF_PROBS = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+OLD_LOGITS = torch.tensor([0.2, -0.1, 0.4], dtype=torch.float64)
+
+
+def _exact_expectation(logits: torch.Tensor, estimator) -> torch.Tensor:
+    """E_{v ~ pi_old}[estimator] over the whole 3-token vocabulary, differentiable in `logits` (pi_theta)."""
+    logp = torch.log_softmax(logits, dim=0)[None]
+    old = torch.log_softmax(OLD_LOGITS, dim=0)[None]
+    values = estimator(logp, old, REF_PROBS.log()[None])
+    return (old.exp() * values).sum()
+
+
+def test_unbiased_k3_by_hand():
+    value = unbiased_k3(torch.tensor([[-1.0]], dtype=torch.float64), torch.tensor([[-1.2]], dtype=torch.float64),
+                        torch.tensor([[-1.5]], dtype=torch.float64))
+    assert float(value) == pytest.approx(0.130117, abs=1e-6)  # r = 1.221403, k3 = 0.106531
+
+
+def test_unbiased_k3_is_the_reverse_kl_and_its_gradient_on_and_off_policy():
+    def kl_reverse(logits):  # KL(pi_theta || pi_ref) in closed form
+        logp = torch.log_softmax(logits, dim=0)
+        return (logp.exp() * (logp - REF_PROBS.log())).sum()
+
+    for logits, expected_value, expected_grad in [
+        (OLD_LOGITS.clone(), None, [-0.173181, -0.075571, 0.248752]),
+        (torch.tensor([0.6, -0.3, 0.1], dtype=torch.float64), 0.040298, [-0.023261, -0.088056, 0.111317]),
+    ]:
+        theta = logits.clone().requires_grad_()
+        value = _exact_expectation(theta, unbiased_k3)
+        (grad,) = torch.autograd.grad(value, theta)
+        exact = logits.clone().requires_grad_()
+        (exact_grad,) = torch.autograd.grad(kl_reverse(exact), exact)
+        torch.testing.assert_close(value.detach(), kl_reverse(logits))
+        torch.testing.assert_close(grad, exact_grad)
+        torch.testing.assert_close(grad, torch.tensor(expected_grad, dtype=torch.float64), atol=1e-6, rtol=0)
+        if expected_value is not None:
+            assert float(value.detach()) == pytest.approx(expected_value, abs=1e-6)
+
+
+def test_plain_k3_is_biased_off_policy_and_has_the_forward_kl_gradient_on_policy():
+    plain = lambda logp, old, ref: k3(logp, ref)  # noqa: E731
+    theta = OLD_LOGITS.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(_exact_expectation(theta, plain), theta)
+    torch.testing.assert_close(grad, torch.tensor([-0.162415, -0.049911, 0.212327], dtype=torch.float64),
+                               atol=1e-6, rtol=0)
+    off = _exact_expectation(torch.tensor([0.6, -0.3, 0.1], dtype=torch.float64), plain)
+    assert float(off) == pytest.approx(0.052781, abs=1e-6)  # not KL = 0.040298
+    # a detached ratio brings the biased gradient back, even where r = 1
+    detached = lambda logp, old, ref: torch.exp(logp - old).detach() * k3(logp, ref)  # noqa: E731
+    theta = OLD_LOGITS.clone().requires_grad_()
+    (grad_detached,) = torch.autograd.grad(_exact_expectation(theta, detached), theta)
+    torch.testing.assert_close(grad_detached, grad)

@@ -16,7 +16,16 @@ from incentivize.algorithms.aggregate import (
 )
 from incentivize.algorithms.kl import k3
 from incentivize.algorithms.logprobs import entropy_from_logits, selective_log_softmax
-from incentivize.algorithms.policy_loss import PolicyLossStats, ValueLossStats, ppo_clip_loss, value_loss
+from incentivize.algorithms.entropy import EntropyCoefficient
+from incentivize.algorithms.policy_loss import (
+    POLICY_LOSSES,
+    PolicyLossStats,
+    ValueLossStats,
+    cispo_loss,
+    gspo_loss,
+    ppo_clip_loss,
+    value_loss,
+)
 from incentivize.errors import IncentivizeError
 
 AGGREGATION_NAMES = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
@@ -249,3 +258,116 @@ def test_bf16_logits_are_upcast_per_chunk_and_no_float32_copy_is_kept_for_backwa
     torch.testing.assert_close(logp, reference, rtol=0, atol=1e-5)
     (grad,) = torch.autograd.grad(logp.sum() + entropy.sum(), logits)
     assert grad.dtype == torch.bfloat16 and torch.isfinite(grad.float()).all()
+
+
+# --- GSPO, CISPO (ALGORITHMS.md sections 12, 13) ------------------------------------------------
+
+
+def test_gspo_by_hand_the_section_12_example():
+    # seq 1: log-ratios [3e-4, 9e-4, 3e-4], A = +1 -> s = 1.00050013, clipped at 1.0004: zero gradient
+    # seq 2: log-ratios [-2e-4, -2e-4], A = -1 -> s = 0.99980002, inside: dloss/dlp = -(1/G) A s / |y| = +0.249950
+    logp = torch.tensor([[3e-4, 9e-4, 3e-4], [-2e-4, -2e-4, 0.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.zeros(2, 3, dtype=torch.float64)
+    advantages = torch.tensor([[1.0] * 3, [-1.0] * 3], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    loss, stats = POLICY_LOSSES.get("gspo")(logp, old, advantages, mask, eps_low=3e-4, eps_high=4e-4)
+    total = seq_mean_token_mean(loss, mask, 2.0)
+    assert float(total.detach()) == pytest.approx(-0.00029999, abs=1e-8)
+    total.backward()
+    torch.testing.assert_close(logp.grad[0], torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(logp.grad[1, :2], torch.full((2,), 0.249950, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert logp.grad[1, 2] == 0  # masked
+    assert float(stats.clip_frac_high) == pytest.approx(3 / 5)  # the 3 tokens of the clipped sequence
+
+
+def test_gspo_token_form_equals_the_sequence_objective_in_value_and_gradient():
+    # the sequence objective written with a loop: (1/G) sum_i -min(s_i A_i, clip(s_i) A_i), s_i the geometric mean ratio
+    generator = torch.Generator().manual_seed(3)
+    logp = (0.01 * torch.randn(4, 6, generator=generator, dtype=torch.float64)).requires_grad_()
+    old = 0.01 * torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4, [1] * 5 + [0]], dtype=torch.float64)
+    advantage = torch.tensor([1.0, -0.5, 2.0, -1.0], dtype=torch.float64)
+    eps_low, eps_high = 0.004, 0.005
+    loss, _ = gspo_loss(logp, old, advantage[:, None].expand(4, 6), mask, eps_low=eps_low, eps_high=eps_high)
+    vectorised = seq_mean_token_mean(loss, mask, 4.0)
+    (grad_vectorised,) = torch.autograd.grad(vectorised, logp)
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(4):
+        n = int(mask[i].sum())
+        s = torch.exp((logp[i, :n] - old[i, :n]).mean())
+        total = total - torch.minimum(s * advantage[i], s.clamp(1 - eps_low, 1 + eps_high) * advantage[i])
+    total = total / 4
+    (grad_loop,) = torch.autograd.grad(total, logp)
+    torch.testing.assert_close(vectorised, total)
+    torch.testing.assert_close(grad_vectorised, grad_loop)
+
+
+def test_cispo_by_hand_the_section_13_example_every_token_keeps_a_gradient():
+    ratios = torch.tensor([[0.5, 1.0, 1.5, 6.0]], dtype=torch.float64)
+    logp = torch.tensor([[-2.0, -1.0, -0.5, -0.1]], dtype=torch.float64, requires_grad=True)
+    old = (logp - ratios.log()).detach()
+    mask, advantages = torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64)
+    loss, stats = cispo_loss(logp, old, advantages, mask, eps_low=1.0, eps_high=4.0)  # weight in [0, 5]
+    total = token_mean(loss, mask, 4.0)
+    assert float(total.detach()) == pytest.approx(0.8125)
+    total.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.125, -0.25, -0.375, -1.25]], dtype=torch.float64))
+    assert float(stats.clip_frac_high) == pytest.approx(0.25)  # the ratio 6 > 5 with A > 0
+    # PPO's clip (eps 0.2) zeroes the gradient of the two tokens outside [0.8, 1.2] that the min picks
+    logp.grad = None
+    token_mean(ppo_clip_loss(logp, old, advantages, mask)[0], mask, 4.0).backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.125, -0.25, 0.0, 0.0]], dtype=torch.float64))
+
+
+def test_cispo_loop_against_vectorised_with_masked_tokens():
+    generator = torch.Generator().manual_seed(5)
+    logp = (-torch.rand(3, 5, generator=generator, dtype=torch.float64)).requires_grad_()
+    old = logp.detach() + 0.8 * torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    advantages = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    mask = (torch.rand(3, 5, generator=generator) > 0.3).double()
+    loss, _ = cispo_loss(logp, old, advantages, mask, eps_low=0.2, eps_high=0.28)
+    expected = torch.zeros(3, 5, dtype=torch.float64)
+    for i in range(3):
+        for t in range(5):
+            if mask[i, t]:
+                weight = min(max(math.exp(float(logp[i, t] - old[i, t])), 0.8), 1.28)
+                expected[i, t] = -weight * advantages[i, t] * logp[i, t].detach()
+    torch.testing.assert_close(loss.detach(), expected)
+
+
+def test_the_policy_loss_registry_names_the_config_choices():
+    from typing import get_args
+
+    from incentivize.config import RLConfig
+
+    assert POLICY_LOSSES.names() == sorted(get_args(RLConfig.model_fields["policy_loss"].annotation))
+    with pytest.raises(IncentivizeError, match="unknown policy loss 'gspoo'.*did you mean 'gspo'"):
+        POLICY_LOSSES.get("gspoo")
+
+
+# --- the entropy bonus (ALGORITHMS.md section 15) ------------------------------------------------
+
+
+def test_entropy_bonus_by_hand_and_its_gradient_raises_the_entropy():
+    probs = torch.tensor([[[0.7, 0.2, 0.1], [0.98, 0.01, 0.01]]], dtype=torch.float64)
+    logits = probs.log().requires_grad_()
+    entropy = entropy_from_logits(logits)
+    torch.testing.assert_close(entropy, torch.tensor([[0.801819, 0.111902]], dtype=torch.float64), atol=1e-6, rtol=0)
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    loss = 0.30 - 0.01 * (entropy * mask).sum() / mask.sum()
+    assert float(loss.detach()) == pytest.approx(0.295431, abs=1e-6)
+    loss.backward()
+    stepped = entropy_from_logits((logits - 10.0 * logits.grad).detach())
+    assert bool((stepped > entropy.detach()).all())  # a step down the loss flattens both distributions
+
+
+def test_adaptive_entropy_coefficient_follows_the_controller_and_its_bounds():
+    control = EntropyCoefficient(0.0, target=0.2, delta=0.005, maximum=0.012)
+    applied = [control.update(h) for h in (0.1, 0.1, 0.1, 0.3, 0.2)]
+    # rises by delta while at or below the target (capped at the maximum), falls above it and is not applied
+    assert applied == pytest.approx([0.005, 0.010, 0.012, 0.0, 0.012])
+    restored = EntropyCoefficient(0.0, target=0.2)
+    restored.load_state_dict(control.state_dict())
+    assert restored.value == pytest.approx(0.012) and restored.coefficient == pytest.approx(control.coefficient)
+    fixed = EntropyCoefficient(0.01)
+    assert [fixed.update(h) for h in (0.0, 9.0)] == [0.01, 0.01]

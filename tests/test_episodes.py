@@ -250,14 +250,14 @@ def test_scores_stage_one_trains_the_second_attempt_and_holds_the_first_by_the_k
     from incentivize.trainers import rl
 
     captured = []
-    original_loss = rl.ppo_clip_loss
+    original_loss = rl.POLICY_LOSSES.get("ppo")
 
     def capturing(logp, old_logp, advantages, mask, **options):
         captured.append((advantages.detach().clone(), mask.clone()))
         return original_loss(logp, old_logp, advantages, mask, **options)
 
     seen = _record_steps(monkeypatch)
-    monkeypatch.setattr(rl, "ppo_clip_loss", capturing)
+    monkeypatch.setattr(rl.POLICY_LOSSES, "get", lambda name: capturing)
     config = load_config("grpo", None, [
         "model=tiny-random", "max_steps=1", "num_generations=4", "generation_batch_size=8", "max_completion_length=6",
         "eval_limit=2", "micro_batch_size=8", "environment=self_correction", "max_turns=2", "beta=0.04",
@@ -296,9 +296,9 @@ def test_per_turn_rewards_credit_each_turn_with_its_own_and_the_later_rewards(tm
         return result
 
     captured, seen = [], []
-    original_loss, original_collect = rl.ppo_clip_loss, rl._collect
+    original_loss, original_collect = rl.POLICY_LOSSES.get("ppo"), rl._collect
     monkeypatch.setattr(collect_module, "run_episodes", patterned)
-    monkeypatch.setattr(rl, "ppo_clip_loss", lambda logp, old, adv, mask, **o: (
+    monkeypatch.setattr(rl.POLICY_LOSSES, "get", lambda name: lambda logp, old, adv, mask, **o: (
         captured.append(adv.detach().clone()) or original_loss(logp, old, adv, mask, **o)))
     monkeypatch.setattr(rl, "_collect", lambda *a, **k: seen.append(original_collect(*a, **k)) or seen[-1])
     config = load_config("grpo", None, [

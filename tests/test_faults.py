@@ -89,7 +89,7 @@ def test_on_reward_error_raise_stops_the_run_with_one_line(tmp_path, monkeypatch
 
 def test_nan_losses_skip_updates_then_stop_the_run_with_the_last_checkpoint_intact(tmp_path, monkeypatch, capsys):
     nan_steps, current = {2, 4, 5}, {"step": 0}
-    collect, clip_loss = rl._collect, rl.ppo_clip_loss
+    collect, clip_loss = rl._collect, rl.POLICY_LOSSES.get("ppo")
 
     def tracking_collect(*args, **kwargs):
         current["step"] = args[-1]
@@ -100,7 +100,7 @@ def test_nan_losses_skip_updates_then_stop_the_run_with_the_last_checkpoint_inta
         return (per_token * torch.nan if current["step"] in nan_steps else per_token), stats
 
     monkeypatch.setattr(rl, "_collect", tracking_collect)
-    monkeypatch.setattr(rl, "ppo_clip_loss", poisoned_loss)
+    monkeypatch.setattr(rl.POLICY_LOSSES, "get", lambda name: poisoned_loss)
     status, errors = _run_cli(monkeypatch, capsys, _overrides(
         tmp_path, "max_steps=6", "max_nonfinite_steps=2", "save_steps=1", "save_total_limit=10",
         f"rewards=[{tmp_path}/rewards.py:length]",

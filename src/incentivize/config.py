@@ -21,7 +21,8 @@ from incentivize.trackers import ReportToList
 
 Settings = TypeVar("Settings", bound=BaseModel)
 LinearKernelName = Literal["auto", "onednn", "torch"]  # the linear layers' kernel (incentivize.models.speed)
-Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo", "latro"]
+Algorithm = Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo", "latro", "gspo",
+                    "cispo"]
 
 
 class LifecycleSettings(BaseModel):
@@ -194,11 +195,43 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
     epsilon_high: float | None = Field(default=None, description="PPO clip, upper side (DAPO clip-higher); default epsilon")
     dual_clip: float | None = Field(default=None, gt=1.0)
     ratio_level: Literal["token", "sequence"] = "token"
+    policy_loss: Literal["ppo", "gspo", "cispo"] = Field(
+        default="ppo", description="ppo: the clipped surrogate; gspo: the length-normalised sequence ratio, clipped per "
+        "sequence; cispo: REINFORCE weighted by the clipped, stop-gradient importance ratio (algorithms.policy_loss)")
     beta: float = Field(default=0.04, ge=0.0, description="KL coefficient; 0 loads no reference model")
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     kl_in: Literal["loss", "reward"] = "loss"
+    unbiased_kl: bool = Field(default=False, description="the KL term of the loss as r * k3, r = pi/pi_old with its "
+                              "gradient: an unbiased estimate of KL(pi || pi_ref) and its gradient (kl_estimator k3)")
+    entropy_coef: float = Field(default=0.0, ge=0.0, description="weight c of the entropy bonus -c * mean token "
+                                "entropy in the loss; the starting value with entropy_target")
+    entropy_target: float | None = Field(default=None, ge=0.0, description="adaptive entropy bonus (Skywork-OR1): "
+                                         "c rises by entropy_coef_delta while the step's entropy is at or below this "
+                                         "many nats, falls above it and is not applied; None: c stays entropy_coef")
+    entropy_coef_delta: float = Field(default=0.005, ge=0.0)
+    entropy_coef_min: float = Field(default=0.0, ge=0.0)
+    entropy_coef_max: float = Field(default=1.0, ge=0.0)
     gamma: float = Field(default=1.0, ge=0.0, le=1.0)
     lam: float = Field(default=0.95, ge=0.0, le=1.0)
+
+    # precision, and the correction for sampling from another precision (algorithms.rollout_correction)
+    rollout_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="precision of the copy of the policy the engine samples from (bfloat16: about "
+        "2x the tokens per second on a CPU with AVX512-BF16); float32: the trained weights themselves")
+    learner_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="bfloat16: the learner's forward and backward under autocast, weights and "
+        "optimizer in float32")
+    allow_fp16: bool = Field(default=False, description="allow rollout_dtype float16 on a model trained in bfloat16")
+    rollout_correction: Literal["auto", "none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = (
+        Field(default="auto", description="weight each token by pi_old / pi_rollout, capped (truncate) or dropped "
+              "outside [cap_low, cap] (mask), per token or per sequence; auto: token_truncate when rollout_dtype or "
+              "learner_dtype is not float32, none when both are"))
+    rollout_correction_cap: float = Field(default=2.0, ge=1.0, description="the cap C of the importance weight")
+    rollout_correction_cap_low: float | None = Field(default=None, ge=0.0, le=1.0, description="the lower bound; "
+                                                     "default 1/cap for the mask modes and none for truncate")
+    max_rollout_mismatch: float = Field(default=0.5, gt=0.0, description="stop the run when the mean |log pi_old - "
+                                        "log pi_rollout| per token stays above this for mismatch_patience steps")
+    mismatch_patience: int = Field(default=3, ge=1)
 
     # DAPO
     dynamic_sampling: bool = Field(default=False, description="drop groups whose rewards are all equal and resample")
@@ -267,6 +300,14 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
                                  "and max_turns=2")
         elif self.first_turn_beta is not None or not self.train_first_turn:
             raise ValueError("first_turn_beta and train_first_turn are about the turns of an episode: set environment")
+        if self.policy_loss == "gspo" and self.loss_type not in ("grpo", "seq_mean_token_mean"):
+            raise ValueError("policy_loss gspo averages each sequence's tokens before the sequences (loss_type grpo); "
+                             f"loss_type {self.loss_type!r} would weight a sequence by its length: set loss_type=grpo")
+        if self.unbiased_kl and (self.beta <= 0 or self.kl_in != "loss" or self.kl_estimator != "k3"):
+            raise ValueError("unbiased_kl corrects the k3 KL term of the loss: set beta > 0, kl_in=loss, kl_estimator=k3")
+        if self.entropy_coef_min > self.entropy_coef_max:
+            raise ValueError(f"entropy_coef_min ({self.entropy_coef_min}) is above entropy_coef_max "
+                             f"({self.entropy_coef_max})")
         if self.reward_weights is not None and len(self.reward_weights) != 1 + len(self.rewards):
             raise ValueError(
                 f"reward_weights has {len(self.reward_weights)} entries; it needs 1 + len(rewards) = {1 + len(self.rewards)}"
@@ -280,6 +321,19 @@ class RLConfig(JudgeSettings, LoraSettings, LifecycleSettings):
     @property
     def clip_high(self) -> float:
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    @property
+    def correction_mode(self) -> str:
+        """The rollout correction in force: `rollout_correction`, with auto resolved."""
+        if self.rollout_correction != "auto":
+            return self.rollout_correction
+        return "none" if not self.mixed_precision else "token_truncate"
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Whether the engine and the learner compute log-probs in different precisions: then the learner takes
+        pi_old from its own first forward pass of the step, not from the engine."""
+        return self.rollout_dtype != "float32" or self.learner_dtype != "float32"
 
 
 # Each algorithm as the fields it sets; ALGORITHMS.md sections 1-4 give the sources. GRPO takes
@@ -304,6 +358,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                               "kl_in": "reward", "kl_estimator": "k1"},
     "latro": {"advantage": "rloo", "loss_type": "grpo", "beta": 0.05, "kl_in": "reward", "kl_estimator": "k1",
               "ratio_level": "sequence", "self_reward": "sum", "temperature": 1.0},
+    # GSPO: TRL's paper preset (importance_sampling_level sequence, loss_type grpo, beta 0, epsilon 3e-4/4e-4);
+    # the ratio differs from 1 only from the second update of a batch on (TRL: steps_per_generation 4)
+    "gspo": {"advantage": "grpo", "loss_type": "grpo", "beta": 0.0, "policy_loss": "gspo", "epsilon": 3e-4,
+             "epsilon_high": 4e-4, "num_iterations": 2},
+    # CISPO: no lower bound on the weight, capped at 1 + 4 = 5 (ScaleRL, slime's advice); token-level sum over the
+    # batch's tokens (the paper's 1 / sum |o_i|)
+    "cispo": {"advantage": "grpo", "loss_type": "dapo", "beta": 0.0, "policy_loss": "cispo", "epsilon": 1.0,
+              "epsilon_high": 4.0, "num_iterations": 2},
     "ppo": {"advantage": "gae", "loss_type": "dapo", "beta": 0.05, "kl_in": "reward", "kl_estimator": "k1",
             "num_generations": 1, "critic_warmup_steps": 2},
 }

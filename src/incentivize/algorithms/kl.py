@@ -10,6 +10,12 @@ Every estimator is `estimator(logp, ref_logp) -> (B, T)`, differentiable w.r.t. 
 - k3 = exp(-lr) - 1 + lr = pi_ref/pi - log(pi_ref/pi) - 1: unbiased and never negative. DeepSeekMath
   (arXiv 2402.03300) eq. 4, the KL term of GRPO's loss.
 
+`unbiased_k3(logp, old_logp, ref_logp)` is k3 times the importance ratio r = pi_theta / pi_old, with
+r's gradient kept (DeepSeek-V3.2, arXiv 2512.02556; TRL, slime `--use-unbiased-kl`). On tokens drawn from
+pi_old, E[r k3] = KL(pi_theta || pi_ref) exactly, and its gradient is the reverse-KL gradient; the
+gradient of plain k3 is, on-policy, the gradient of the forward KL(pi_ref || pi_theta) instead
+(ALGORITHMS.md section 16). r must not be detached, even when it is 1 (the first update of a batch).
+
 Deviation: k3 clamps `lr` to [-20, 20] before the exponential (as verl does; OpenRLHF clamps the
 result to [-10, 10] instead), so one extreme token cannot overflow float32. Beyond the clamp the
 value is k3 at the boundary and the gradient is 0.
@@ -50,3 +56,15 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """(B, T) exp(-lr) - 1 + lr, with lr clamped to [-20, 20]; never negative."""
     log_ratio = (logp - ref_logp).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)  # (B, T)
     return torch.exp(-log_ratio) - 1.0 + log_ratio
+
+
+def unbiased_k3(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """(B, T) r * k3 with r = exp(logp - old_logp) differentiable (log-ratio clamped to [-20, 20]).
+
+    ALGORITHMS.md section 16: lp = -1.0, lp_old = -1.2, lp_ref = -1.5 give r = 1.221403, k3 = 0.106531.
+
+    >>> unbiased_k3(torch.tensor([[-1.0]]), torch.tensor([[-1.2]]), torch.tensor([[-1.5]]))
+    tensor([[0.1301]])
+    """
+    ratio = torch.exp((logp - old_logp).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
+    return ratio * k3(logp, ref_logp)

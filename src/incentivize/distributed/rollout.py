@@ -116,6 +116,7 @@ class RolloutWorker:
     def __init__(self, settings: dict[str, Any], linear_kernel: str) -> None:
         from incentivize.models import load
         from incentivize.models.lora import with_lora
+        from incentivize.models.precision import DTYPES
         from incentivize.models.speed import LinearKernelName, enable_training_paths
         from incentivize.tasks import load_task
         from incentivize.trainers.collect import build_scorer
@@ -126,7 +127,10 @@ class RolloutWorker:
         if config.use_peft:
             policy = with_lora(policy, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                                target_modules=config.lora_target_modules)
-        enable_training_paths(policy, linear=cast(LinearKernelName, linear_kernel))  # the learner's kernel: its log-probs, to the bit
+        if config.rollout_dtype == "float32":
+            enable_training_paths(policy, linear=cast(LinearKernelName, linear_kernel))  # the learner's kernel: its log-probs, to the bit
+        else:  # the learner's RolloutCopy, in a process of its own
+            policy.to(DTYPES[config.rollout_dtype])
         policy.eval().requires_grad_(False)
         task = load_task(config.task, **config.task_options)
         self.local = LocalRollouts(policy, tokenizer, task, task.examples("train", None), build_scorer(config, task))

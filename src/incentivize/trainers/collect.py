@@ -210,16 +210,16 @@ def collect(config: RLConfig, models: Any, task: Task, examples: list[Example], 
             source: RolloutSource | None = None) -> StepData:
     """Sample and score one step's groups; with dynamic sampling, only groups whose rewards differ.
 
-    The groups come from `source` (rollout workers), or else from this process: `models.policy` on
+    The groups come from `source` (rollout workers), or else from this process: `models.sampler` (the policy, or its copy in rollout_dtype) on
     `examples`, scored by `scorer`. Each prompt is sampled with a seed of its own, drawn from the step,
     the round and its position, so the groups are the same however many processes sample them."""
     tokenizer, group = models.tokenizer, config.num_generations
     if source is None and config.environment != "none":
-        source = EpisodeRollouts(config, models.policy, tokenizer, task, examples)
+        source = EpisodeRollouts(config, models.sampler, tokenizer, task, examples)
     if source is None and config.self_reward != "none":
-        source = RationaleRollouts(config, models.policy, tokenizer, task, examples, prompt_cache)
+        source = RationaleRollouts(config, models.sampler, tokenizer, task, examples, prompt_cache)
     if source is None:
-        source = LocalRollouts(models.policy, tokenizer, task, examples, scorer, prompt_cache)
+        source = LocalRollouts(models.sampler, tokenizer, task, examples, scorer, prompt_cache)
     parts: list[StepData] = []
     kept_groups, rounds, zero_share = 0, 0, 0.0
     while kept_groups < config.prompts_per_step:

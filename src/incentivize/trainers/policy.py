@@ -17,6 +17,7 @@ from incentivize.models import load
 from incentivize.models.cache import cache_argument
 from incentivize.models.heads import ValueModel
 from incentivize.models.lora import with_lora
+from incentivize.models.precision import DTYPES, RolloutCopy, check_precision
 from incentivize.models.recompute import recompute_mlp
 from incentivize.models.speed import LinearKernelName, enable_training_paths
 from incentivize.rollout import Rollouts
@@ -30,6 +31,12 @@ class Models:
     critic: ValueModel | None
     uses_lora: bool
     speed_paths: dict[str, str] = field(default_factory=dict)  # the policy's, from enable_training_paths
+    rollout: RolloutCopy | None = None  # the policy in rollout_dtype, when that is not float32
+
+    @property
+    def sampler(self) -> Any:
+        """The model the engine samples the step's groups from: the rollout copy, or the policy itself."""
+        return self.policy if self.rollout is None else self.rollout.model
 
     @contextmanager
     def reference_policy(self) -> Iterator[Any]:
@@ -55,8 +62,13 @@ def build_models(config: RLConfig) -> Models:
     if config.advantage == "gae":
         critic = ValueModel.from_causal_lm(load(config.critic_model)[0] if config.critic_model else policy)
         critic.eval()
-    # after the reference and critic copies, which need no in-place gradients (the critic has no vocabulary layer)
-    speed_paths = enable_training_paths(policy, linear=config.linear_kernel, grad_in_place=not uses_lora)
+    check_precision(policy, "rollout_dtype", config.rollout_dtype, allow_fp16=config.allow_fp16)
+    check_precision(policy, "learner_dtype", config.learner_dtype)
+    if config.learner_dtype == "float32":
+        # after the reference and critic copies, which need no in-place gradients (the critic has no vocabulary layer)
+        speed_paths = enable_training_paths(policy, linear=config.linear_kernel, grad_in_place=not uses_lora)
+    else:  # autocast casts the products of plain linear layers; the speed paths' own products would bypass it
+        speed_paths = {"linear": "torch", "grad_in_place": "off", "autocast": config.learner_dtype}
     linear = cast(LinearKernelName, speed_paths["linear"])
     if reference is not None:
         # the policy's kernel, so that log pi - log pi_ref is exactly 0 while their weights are equal: the
@@ -67,7 +79,8 @@ def build_models(config: RLConfig) -> Models:
     if config.recompute_mlp:
         recompute_mlp(policy)
     policy.eval()  # no dropout: the learner must see the same distribution the engine sampled from
-    return Models(policy, tokenizer, reference, critic, uses_lora, speed_paths)
+    rollout = RolloutCopy(policy, DTYPES[config.rollout_dtype]) if config.rollout_dtype != "float32" else None
+    return Models(policy, tokenizer, reference, critic, uses_lora, speed_paths, rollout)
 
 
 @dataclass
@@ -123,9 +136,10 @@ class Batch:
 
 def token_logprobs(
     model: Any, batch: Batch, temperature: float, *, share_prompt: bool = True, with_entropy: bool = False,
-    grad: bool = True, prompts: SharedPrompts | None = None,
+    grad: bool = True, prompts: SharedPrompts | None = None, entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(completion token) at `temperature`, (B, width); and the policy entropy per token if asked.
+    """log pi(completion token) at `temperature`, (B, width); and the policy entropy per token if asked
+    (differentiable with `entropy_grad`, for an entropy bonus; else detached).
 
     With `share_prompt`, each distinct prompt of the batch goes through the model once and its KV
     cache serves all its completions (the 8 completions of a GRPO group share one prompt), in the
@@ -143,8 +157,8 @@ def token_logprobs(
         logp = batch.pad(selective_log_softmax(logits, batch.completion_ids, chunk_size=1))
     entropy = None
     if with_entropy:
-        with torch.no_grad():
-            entropy = batch.pad(entropy_from_logits(logits.detach(), chunk_size=1))
+        with nullcontext() if entropy_grad and grad else torch.no_grad():
+            entropy = batch.pad(entropy_from_logits(logits if entropy_grad else logits.detach(), chunk_size=1))
     return logp, entropy
 
 

@@ -26,21 +26,24 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from incentivize.algorithms.advantages import AdvantageInputs, compute_advantages
 from incentivize.algorithms.aggregate import AGGREGATIONS, global_normalizer, loss_type_to_aggregation
-from incentivize.algorithms.kl import KL_ESTIMATORS, k3
+from incentivize.algorithms.entropy import EntropyCoefficient
+from incentivize.algorithms.kl import KL_ESTIMATORS, k3, unbiased_k3
 from incentivize.algorithms.latro import answer_nll, self_rewards
-from incentivize.algorithms.policy_loss import ppo_clip_loss, value_loss
+from incentivize.algorithms.policy_loss import POLICY_LOSSES, value_loss
+from incentivize.algorithms.rollout_correction import rollout_weights
 from incentivize.checkpoint import save_model
 from incentivize.config import RLConfig
 from incentivize.errors import IncentivizeError
 from incentivize.eval.monitor import SophistryMonitor, proxies
 from incentivize.eval.runner import EvalSettings, evaluate
 from incentivize.eval.self_correct import self_correct
+from incentivize.models.precision import learner_autocast
 from incentivize.models.speed import describe_paths
 from incentivize.rewards import reward_name
 from incentivize.rollout import SamplingParams
@@ -106,6 +109,10 @@ class RLTrainer(Trainer):
             self.learners = LearnerGroup(config, self.learner, self.models.speed_paths["linear"], self.say)
         self.monitor = SophistryMonitor(config.hacking_patience) if config.monitor == "oracle" else None
         self.warned_truncation = False
+        self.mismatch = MismatchWatch(config)
+        if self.models.rollout is not None or config.learner_dtype != "float32":
+            self.say(f"precision: sampling in {config.rollout_dtype}, learning in {config.learner_dtype} (weights and "
+                     f"optimizer float32); rollout correction {config.correction_mode}")
         self.total_steps = config.max_steps
 
     def step(self, step: int) -> StepOutput:
@@ -113,6 +120,8 @@ class RLTrainer(Trainer):
         t0 = time.perf_counter()
         if self.pool is not None:
             self.pool.sync(self.models.policy)  # the weights of the last update (or of the restored checkpoint)
+        if self.models.rollout is not None:
+            self.models.rollout.sync()  # the engine's copy in rollout_dtype, likewise
         data = _collect(config, self.models, self.task, self.train_examples, self.sampler, self.scorer,
                         self.prompt_cache, step, source=self.pool)
         t1 = time.perf_counter()
@@ -126,6 +135,8 @@ class RLTrainer(Trainer):
                    "tokens_per_second": float(data.rollouts.completion_mask.sum()) / (t2 - t0)}
         if self.pool is not None:
             metrics["time/weight_sync"] = self.pool.sync_seconds
+        elif self.models.rollout is not None:
+            metrics["time/weight_sync"] = self.models.rollout.sync_seconds
         alarm = None
         if self.monitor is not None:
             watched, alarm = self.monitor.observe(data.scores.components, data.scores.correct.tolist(),
@@ -140,6 +151,7 @@ class RLTrainer(Trainer):
                      f"truncated_penalty x the mean self-reward: raise max_rationale_tokens")
         nonfinite = True if learner.skipped_updates > skipped else (False if learner.updates > updates else None)
         stop = f"{alarm} (on_hacking: stop)" if alarm and config.on_hacking == "stop" else None
+        stop = stop or self.mismatch.observe(metrics.get("mismatch/mean_abs_log_ratio"))
         return StepOutput(metrics, sample_rows(data), nonfinite, no_signal=_no_signal(config, data, metrics), stop=stop)
 
     def close(self) -> None:
@@ -259,6 +271,26 @@ def _likely_cause(config: RLConfig, data: StepData, metrics: dict[str, Any]) -> 
     return "no completion was right: the task is too hard for the model, or its verifier cannot read the answers"
 
 
+class MismatchWatch:
+    """Stops a run whose sampler drifted from the trained policy: the mean |log pi_old - log pi_rollout| per token
+    above `max_rollout_mismatch` for `mismatch_patience` steps in a row."""
+
+    def __init__(self, config: RLConfig) -> None:
+        self.config, self.streak = config, 0
+
+    def observe(self, mean_abs_log_ratio: float | None) -> str | None:
+        if mean_abs_log_ratio is None:
+            return None
+        limit = self.config.max_rollout_mismatch
+        self.streak = self.streak + 1 if mean_abs_log_ratio > limit else 0
+        if self.streak < self.config.mismatch_patience:
+            return None
+        return (f"the sampler's log-probs differ from the trained policy's by {mean_abs_log_ratio:.3f} per token "
+                f"(above max_rollout_mismatch {limit}) for {self.streak} steps: rollout_dtype "
+                f"{self.config.rollout_dtype} is too coarse for this model, or the sampler's weights are not the "
+                "trained ones; try rollout_dtype=float32")
+
+
 class Learner:
     """Optimizers and the update rule: advantages, clipped policy loss, KL, critic regression."""
 
@@ -284,10 +316,13 @@ class Learner:
         self.updates = 0  # optimizer updates made or attempted, actor and critic, over the run
         self.skipped_updates = 0  # of those, the ones not applied
         self.shard = Shard()  # this process's rows; a data-parallel group replaces it (incentivize.distributed)
+        self.entropy = EntropyCoefficient(config.entropy_coef, config.entropy_target, config.entropy_coef_delta,
+                                          config.entropy_coef_min, config.entropy_coef_max)
+        self.autocast = lambda: learner_autocast(config.learner_dtype, next(models.policy.parameters()).device)
 
     def state_dict(self) -> dict[str, Any]:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "updates": self.updates, "skipped_updates": self.skipped_updates}
+                 "updates": self.updates, "skipped_updates": self.skipped_updates, "entropy": self.entropy.state_dict()}
         if self.critic_optimizer is not None:
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
         return state
@@ -297,6 +332,8 @@ class Learner:
         flatten_adam_state(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.updates, self.skipped_updates = int(state.get("updates", 0)), int(state.get("skipped_updates", 0))
+        if "entropy" in state:
+            self.entropy.load_state_dict(state["entropy"])
         if self.critic_optimizer is not None:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
 
@@ -310,7 +347,10 @@ class Learner:
         if data.answer_mask is not None:
             answer_mask = mask * data.answer_mask.float()
             mask = mask - answer_mask
-        old_logp = rollouts.logprobs  # sampled by the current weights: the behaviour policy
+        # the engine's log-probs are pi_old's when it samples with the trained weights in training precision; else
+        # pi_old comes from the learner's own first forward pass of the step, and the engine's are pi_rollout's
+        rollout_logp = rollouts.logprobs
+        learner_old = config.mixed_precision or config.correction_mode != "none"
         # this process's rows (all of them unless learners share the batch), in micro-batches
         chunks = _chunks(self.shard.rows(len(rollouts), config.num_generations), config.micro_batch_size)
 
@@ -318,25 +358,24 @@ class Learner:
         started = time.perf_counter()
         if config.beta > 0:
             with models.reference_policy() as reference:
-                prompts = SharedPrompts(reference, rollouts, detach=False) if config.share_prompt else None
-                parts = []
-                for c in chunks:
-                    parts.append(token_logprobs(reference, batch.rows(c), config.temperature,
-                                                share_prompt=config.share_prompt, grad=False, prompts=prompts)[0])
-                    if prompts is not None:
-                        prompts.release(c.stop)
-                ref_logp = self._whole(parts, chunks, old_logp)
+                ref_logp = self._logprobs(reference, batch, chunks)
         reference_seconds = time.perf_counter() - started
+        old_logp: torch.Tensor | None = rollout_logp
+        if learner_old:  # before the update only where the advantages need it (a KL reward, a critic's returns)
+            needed = (config.beta > 0 and config.kl_in == "reward") or models.critic is not None
+            old_logp = self._logprobs(models.policy, batch, chunks) if needed else None
         old_values = None
         if models.critic is not None:
             with torch.no_grad():
-                old_values = self._whole([token_values(models.critic, batch.rows(c)) for c in chunks], chunks, old_logp)
+                old_values = self._whole([token_values(models.critic, batch.rows(c)) for c in chunks], chunks,
+                                         rollout_logp)
         kl_in_reward = ref_logp is not None and config.kl_in == "reward"
         advantages = compute_advantages(
             config.advantage,
             AdvantageInputs(
                 scores=data.scores.rewards, mask=mask, group_size=config.num_generations,
-                kl=KL_ESTIMATORS.get(config.kl_estimator)(old_logp, ref_logp) * mask if kl_in_reward and ref_logp is not None else None,
+                kl=(KL_ESTIMATORS.get(config.kl_estimator)(old_logp, ref_logp) * mask
+                    if kl_in_reward and ref_logp is not None and old_logp is not None else None),
                 beta=config.beta if kl_in_reward else 0.0, values=old_values,
                 step_scores=data.step_scores, step_ends=data.step_ends,
             ),
@@ -348,10 +387,10 @@ class Learner:
         normalizer = global_normalizer(self.aggregation, mask, config.max_completion_length)
         stats: dict[str, float] = {"lr": float(self.scheduler.get_last_lr()[0]), "time/reference": reference_seconds}
         if ref_logp is not None:
-            stats["kl"] = _masked_mean(k3(old_logp, ref_logp), mask)
+            stats["kl"] = _masked_mean(k3(rollout_logp if old_logp is None else old_logp, ref_logp), mask)
         if train_actor and float(mask.sum()) > 0:
-            stats |= self._update_actor(batch, chunks, mask, old_logp, ref_logp, actor_advantages, normalizer, kl_coef,
-                                        answer_mask)
+            stats |= self._update_actor(batch, chunks, mask, ActorInputs(rollout_logp, old_logp, ref_logp),
+                                        actor_advantages, normalizer, kl_coef, answer_mask)
             self.scheduler.step()
         if models.critic is not None and advantages.returns is not None and old_values is not None:
             stats |= self._update_critic(batch, chunks, mask, old_values, advantages.returns)
@@ -366,16 +405,40 @@ class Learner:
         self.shard.reduce([whole])
         return whole
 
-    def _update_actor(self, batch: Batch, chunks: list[slice], mask: torch.Tensor, old_logp: torch.Tensor,
-                      ref_logp: torch.Tensor | None, advantages: torch.Tensor, normalizer: Any,
-                      kl_coef: float | torch.Tensor, answer_mask: torch.Tensor | None = None) -> dict[str, float]:
-        """`num_iterations` clipped updates of the policy; `kl_coef` is beta, or (B, T) per token. With `answer_mask`
+    def _logprobs(self, model: Any, batch: Batch, chunks: list[slice]) -> torch.Tensor:
+        """(B, T) log-probs of the batch's completion tokens under `model`, without gradient, in the learner's
+        precision (the reference policy; the policy itself before the update)."""
+        config = self.config
+        prompts = SharedPrompts(model, batch.rollouts, detach=False) if config.share_prompt else None
+        parts = []
+        for c in chunks:
+            with self.autocast():
+                parts.append(token_logprobs(model, batch.rows(c), config.temperature, share_prompt=config.share_prompt,
+                                            grad=False, prompts=prompts)[0])
+            if prompts is not None:
+                prompts.release(c.stop)
+        return self._whole(parts, chunks, batch.rollouts.logprobs)
+
+    def _update_actor(self, batch: Batch, chunks: list[slice], mask: torch.Tensor, logps: ActorInputs,
+                      advantages: torch.Tensor, normalizer: Any, kl_coef: float | torch.Tensor,
+                      answer_mask: torch.Tensor | None = None) -> dict[str, float]:
+        """`num_iterations` updates of the policy; `kl_coef` is beta, or (B, T) per token. With `answer_mask`
         (LaTRO), the loss adds `answer_loss_weight` times -log pi(gold answer | question, rationale), summed over
-        the answer's tokens and averaged over the batch's rows (Proposition 2's second term)."""
+        the answer's tokens and averaged over the batch's rows (Proposition 2's second term).
+
+        Where `logps.old` is None, pi_old is the policy's own log-probs in the first update's forward pass (the
+        weights are still the sampled ones there), kept for the later updates; with a rollout correction, each
+        token's policy loss is weighted by pi_old / pi_rollout."""
         config = self.config
         aggregate = AGGREGATIONS.get(self.aggregation)
+        policy_loss = POLICY_LOSSES.get(config.policy_loss)
         kl_estimator = KL_ESTIMATORS.get(config.kl_estimator)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        old_logp = logps.old if logps.old is not None else torch.zeros_like(logps.rollout)
+        take_old = logps.old is None
+        weights = torch.ones_like(logps.rollout)  # (B, T) rollout correction; 1 without one
+        entropy_coef = self.entropy.value
+        tokens = mask.sum().clamp(min=1.0)  # the entropy bonus is a mean over the batch's tokens
         totals: dict[str, float] = {}
         clock = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
         for iteration in range(config.num_iterations):
@@ -385,21 +448,37 @@ class Learner:
             prompts = SharedPrompts(self.models.policy, batch.rollouts, detach=True) if config.share_prompt else None
             for c in chunks:
                 started = time.perf_counter()
-                logp, entropy = token_logprobs(self.models.policy, batch.rows(c), config.temperature,
-                                               share_prompt=config.share_prompt, with_entropy=iteration == 0,
-                                               prompts=prompts)
-                per_token, pstats = ppo_clip_loss(
+                with self.autocast():
+                    logp, entropy = token_logprobs(self.models.policy, batch.rows(c), config.temperature,
+                                                   share_prompt=config.share_prompt,
+                                                   with_entropy=iteration == 0 or entropy_coef > 0,
+                                                   entropy_grad=entropy_coef > 0, prompts=prompts)
+                first = iteration == 0
+                if first and take_old:
+                    old_logp[c] = logp.detach()
+                if first and config.correction_mode != "none":
+                    weights[c], mismatch = rollout_weights(
+                        old_logp[c], logps.rollout[c], mask[c], config.correction_mode,
+                        cap=config.rollout_correction_cap, cap_low=config.rollout_correction_cap_low)
+                    _add(totals, [(f"mismatch/{name}", value) for name, value in _stat_items(mismatch)],
+                         float(mask[c].sum()) / max(float(mask.sum()), 1.0))
+                per_token, pstats = policy_loss(
                     logp, old_logp[c], advantages[c], mask[c], eps_low=config.epsilon, eps_high=config.clip_high,
                     dual_clip=config.dual_clip, ratio_level=config.ratio_level,
                 )
-                if ref_logp is not None and config.kl_in == "loss":
+                per_token = per_token * weights[c]
+                if logps.ref is not None and config.kl_in == "loss":
                     coef = kl_coef[c] if isinstance(kl_coef, torch.Tensor) else kl_coef
-                    per_token = per_token + coef * kl_estimator(logp, ref_logp[c])
+                    kl = (unbiased_k3(logp, old_logp[c], logps.ref[c]) if config.unbiased_kl
+                          else kl_estimator(logp, logps.ref[c]))
+                    per_token = per_token + coef * kl
                 loss = aggregate(per_token, mask[c], normalizer)
+                if entropy_coef > 0 and entropy is not None:
+                    loss = loss - entropy_coef * (entropy * mask[c]).sum() / tokens
                 if answer_mask is not None:
                     nll = answer_nll(logp, answer_mask[c]).sum() / len(batch.rollouts)
                     loss = loss + config.answer_loss_weight * nll
-                    if iteration == 0:
+                    if first:
                         totals["answer_nll"] = totals.get("answer_nll", 0.0) + float(nll.detach())
                 backward_started = time.perf_counter()
                 loss.backward()
@@ -408,12 +487,11 @@ class Learner:
                 clock["forward"] += backward_started - started
                 clock["backward"] += time.perf_counter() - backward_started
                 loss_sum += float(loss.detach())
-                if iteration == 0:
+                if first:
                     weight = float(mask[c].sum()) / max(float(mask.sum()), 1.0)
-                    for name, value in _stat_items(pstats):
-                        totals[name] = totals.get(name, 0.0) + weight * value
+                    _add(totals, _stat_items(pstats), weight)
                     if entropy is not None:
-                        totals["entropy"] = totals.get("entropy", 0.0) + weight * _masked_mean(entropy, mask[c])
+                        _add(totals, [("entropy", _masked_mean(entropy.detach(), mask[c]))], weight)
             started = time.perf_counter()
             self.shard.reduce(self.gradients.buffers)  # the whole batch's gradient in every process
             loss_sum = self.shard.reduce_numbers({"loss": loss_sum})["loss"]
@@ -422,6 +500,10 @@ class Learner:
             if iteration == 0:
                 totals = self.shard.reduce_numbers(totals)
                 totals["loss"], totals["grad_norm"] = loss_sum, grad_norm
+        if config.entropy_coef > 0 or config.entropy_target is not None:
+            totals["entropy_coef"] = entropy_coef
+            if "entropy" in totals:
+                self.entropy.update(totals["entropy"])
         return totals | {f"time/{phase}": seconds for phase, seconds in clock.items()}
 
     def _apply(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], loss: float) -> float:
@@ -483,6 +565,21 @@ def _schedule(config: RLConfig) -> Callable[[int], float]:
 def _chunks(rows: slice, micro: int) -> list[slice]:
     start, stop = rows.start or 0, rows.stop
     return [slice(i, min(i + micro, stop)) for i in range(start, stop, micro)]
+
+
+class ActorInputs(NamedTuple):
+    """The (B, T) log-probs of the sampled tokens the actor's loss compares with: the sampler's, pi_old's (None:
+    taken in the first update's forward pass) and the reference's (None without a KL term)."""
+
+    rollout: torch.Tensor
+    old: torch.Tensor | None
+    ref: torch.Tensor | None
+
+
+def _add(totals: dict[str, float], items: list[tuple[str, float]], weight: float) -> None:
+    """Add `weight` x each value into `totals` (token-weighted means over the micro-batches)."""
+    for name, value in items:
+        totals[name] = totals.get(name, 0.0) + weight * value
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
